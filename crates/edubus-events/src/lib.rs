@@ -1,0 +1,1 @@
+//! Event types generated from the catalog (under construction).

@@ -1,0 +1,3 @@
+//! The `edubus` command line.
+
+fn main() {}
