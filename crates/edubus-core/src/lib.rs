@@ -4,4 +4,6 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 
+pub use envelope::{Envelope, EnvelopeError};
+pub use error::{Error, ErrorKind, Issue};
 pub use event::Event;
