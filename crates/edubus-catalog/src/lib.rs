@@ -3,6 +3,7 @@
 pub mod diagnostic;
 pub mod diff;
 pub mod emit;
+pub mod export;
 pub mod ir;
 pub mod lint;
 pub mod parse;

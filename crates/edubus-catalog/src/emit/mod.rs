@@ -7,3 +7,4 @@ pub mod asyncapi;
 pub mod json_schema;
 pub mod markdown;
 pub mod rust;
+pub mod spec;
