@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The edubus test command: installs what the tests need, then runs the lints and every test.
+# Usage: ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+
+step "checking tools"
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+
+step "installing the AsyncAPI parser (npm)"
+if [ ! -d tools/asyncapi/node_modules/@asyncapi/parser ]; then
+  npm install --prefix tools/asyncapi --no-save --no-package-lock --no-audit --no-fund --ignore-scripts --loglevel=error
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "AsyncAPI document checked by @asyncapi/parser"
+out="target/catalog-export"
+cargo run --quiet --locked -p edubus -- catalog export --out "$out"
+node tools/asyncapi/check.mjs "$out/asyncapi.yaml"
