@@ -3,7 +3,15 @@
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod store;
+pub mod transport;
 
 pub use envelope::{Envelope, EnvelopeError};
-pub use error::{Error, ErrorKind, Issue};
+pub use error::{Error, ErrorKind, Issue, Result};
 pub use event::Event;
+pub use store::{Append, Appended, EventStore, Position, ReadQuery, Recorded, partition_of};
+pub use transport::{
+    Attempt, ConsumerId, DeadLetter, DeadLetterEntry, DeadLetterQueue, DeadReason, Delivery,
+    DeliveryState, Lease, LeaseOptions, Outcome, Replay, Settlement, StartFrom, SubscriptionSpec,
+    SubscriptionStats, Transport,
+};
