@@ -261,12 +261,13 @@ pub trait Transport: Send + Sync + 'static {
         leases: &[Lease],
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Up to `max` deliveries of the lease's partition: replayed entries first, then matching
-    /// events after `after`, by ascending position.
+    /// Up to `max` deliveries of the lease's partition: replay-queue entries with an id above
+    /// `after_requeue` first (by id), then matching events after position `after` (by position).
     fn fetch(
         &self,
         lease: &Lease,
         after: Position,
+        after_requeue: u64,
         max: usize,
     ) -> impl Future<Output = Result<Vec<Delivery>>> + Send;
 

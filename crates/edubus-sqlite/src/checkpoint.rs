@@ -1,0 +1,97 @@
+//! WAL checkpoints off the writer's path. The writer connection runs with
+//! `wal_autocheckpoint = 0`: copying WAL pages back into the database (and its fsync) would
+//! otherwise stall a group commit every few megabytes. This thread checkpoints `PASSIVE`ly
+//! (never blocking the writer) after commits, and forces a `RESTART` when the WAL grows past
+//! [`RESTART_PAGES`] because a busy writer kept passive checkpoints from ever completing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use edubus_core::{Error, Result};
+use rusqlite::Connection;
+
+use crate::config::SqliteConfig;
+use crate::error::Db;
+use crate::schema::open_reader;
+
+/// Time between checks for new commits.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// WAL frames after which the checkpoint waits for the writer and resets the log.
+const RESTART_PAGES: i64 = 8192;
+
+/// The checkpoint thread.
+pub(crate) struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Checkpointer {
+    /// Starts the thread with its own connection.
+    pub(crate) fn start(config: &SqliteConfig) -> Result<Self> {
+        let conn = open_reader(config)?;
+        // The reader settings make a connection query-only; a checkpoint is not a query.
+        conn.execute_batch("PRAGMA query_only = OFF").db()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("edubus-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&conn, &flag))
+            .map_err(|e| Error::internal("could not start the SQLite checkpoint thread", e))?;
+        Ok(Self {
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops the thread after a last passive checkpoint; idempotent.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn checkpoint_loop(conn: &Connection, stop: &AtomicBool) {
+    let mut seen = data_version(conn).unwrap_or(0);
+    loop {
+        std::thread::park_timeout(INTERVAL);
+        let stopping = stop.load(Ordering::Acquire);
+        if let Ok(version) = data_version(conn)
+            && version != seen
+        {
+            seen = version;
+            // Errors (a checkpoint of another process running) are retried next round.
+            if let Ok(log) = checkpoint(conn, "PASSIVE")
+                && log >= RESTART_PAGES
+                && !stopping
+            {
+                let _ = checkpoint(conn, "RESTART");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Runs a checkpoint; returns the frames in the WAL before it.
+fn checkpoint(conn: &Connection, mode: &str) -> Result<i64> {
+    let sql = format!("PRAGMA wal_checkpoint({mode})");
+    conn.query_row(&sql, [], |row| row.get::<_, i64>(1)).db()
+}
+
+fn data_version(conn: &Connection) -> Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |row| row.get(0))
+        .db()
+}

@@ -1,0 +1,133 @@
+//! Commit notifications: the writer publishes the head position on a watch channel after each
+//! commit; a watcher thread polls `PRAGMA data_version` every `poll_interval` while someone
+//! waits, to see commits of other processes on the same file.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use edubus_core::{Error, Result};
+use rusqlite::Connection;
+use tokio::sync::watch;
+
+use crate::config::SqliteConfig;
+use crate::error::Db;
+use crate::schema::open_reader;
+use crate::store::head_position;
+
+/// How long the watcher sleeps when nobody waits (it is woken when someone starts waiting).
+const IDLE_PARK: Duration = Duration::from_millis(500);
+
+/// The head channel and the thread that feeds it other processes' commits.
+pub(crate) struct Notifier {
+    head: Arc<watch::Sender<u64>>,
+    flags: Arc<Flags>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    waker: std::thread::Thread,
+}
+
+/// State shared with the watcher thread.
+struct Flags {
+    waiters: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Notifier {
+    /// Starts the watcher with its own connection; `head` is the position at open.
+    pub(crate) fn start(config: &SqliteConfig, head: u64) -> Result<Self> {
+        let head = Arc::new(watch::Sender::new(head));
+        let flags = Arc::new(Flags {
+            waiters: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let conn = open_reader(config)?;
+        let (sender, shared, interval) =
+            (Arc::clone(&head), Arc::clone(&flags), config.poll_interval);
+        let thread = std::thread::Builder::new()
+            .name("edubus-sqlite-watch".into())
+            .spawn(move || watch_loop(&conn, &sender, &shared, interval))
+            .map_err(|e| Error::internal("could not start the SQLite watcher thread", e))?;
+        let waker = thread.thread().clone();
+        Ok(Self {
+            head,
+            flags,
+            thread: Mutex::new(Some(thread)),
+            waker,
+        })
+    }
+
+    /// The channel the writer publishes its commits on.
+    pub(crate) fn sender(&self) -> Arc<watch::Sender<u64>> {
+        Arc::clone(&self.head)
+    }
+
+    /// Returns once the head is above `after`, or after `timeout`.
+    pub(crate) async fn wait(&self, after: u64, timeout: Duration) {
+        let mut rx = self.head.subscribe();
+        if *rx.borrow_and_update() > after {
+            return;
+        }
+        let _waiting = Waiting::new(&self.flags);
+        self.waker.unpark();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|head| *head > after)).await;
+    }
+
+    /// Stops the watcher thread; idempotent.
+    pub(crate) fn stop(&self) {
+        self.flags.stop.store(true, Ordering::Release);
+        self.waker.unpark();
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Counts a waiter for as long as it waits.
+struct Waiting<'a>(&'a Flags);
+
+impl<'a> Waiting<'a> {
+    fn new(flags: &'a Flags) -> Self {
+        flags.waiters.fetch_add(1, Ordering::AcqRel);
+        Self(flags)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn watch_loop(conn: &Connection, head: &watch::Sender<u64>, flags: &Flags, interval: Duration) {
+    let mut seen = data_version(conn).unwrap_or(0);
+    while !flags.stop.load(Ordering::Acquire) {
+        if flags.waiters.load(Ordering::Acquire) == 0 {
+            std::thread::park_timeout(IDLE_PARK);
+            continue;
+        }
+        if let Ok(version) = data_version(conn)
+            && version != seen
+        {
+            seen = version;
+            if let Ok(now) = head_position(conn) {
+                head.send_if_modified(|h| (*h < now).then(|| *h = now).is_some());
+            }
+        }
+        std::thread::park_timeout(interval);
+    }
+}
+
+/// Changes whenever another connection commits to the file.
+fn data_version(conn: &Connection) -> Result<i64> {
+    conn.prepare_cached("PRAGMA data_version")
+        .and_then(|mut st| st.query_row([], |row| row.get(0)))
+        .db()
+}

@@ -1,0 +1,237 @@
+//! Connection settings and the versioned schema, migrated at open (docs/embedded.md, "Schema").
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::config::SqliteConfig;
+use crate::error::Db;
+use edubus_core::Result;
+
+/// Migrations by version, applied in order, each in its own transaction.
+const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1)];
+
+/// The current schema: the log, subscriptions and their delivery state, DLQ, inbox, audit.
+///
+/// Beyond the design's table: the `(key, position)` index is the table `event_keys`, filled in
+/// sorted batches (see `keys.rs`); the partition index carries `type`, so subscriptions filter
+/// and count by type from the index alone; `subscriptions.start` keeps the registered
+/// [`StartFrom`]; `partitions.appended`/`settled` count matching events for an O(1) lag (see
+/// `counts.rs`); `inbox.partition`/`position` let trim keep the rows still above a cursor;
+/// triggers refuse updates of events and any change to the audit trail.
+///
+/// [`StartFrom`]: edubus_core::StartFrom
+const MIGRATION_1: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    stream TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    type TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    correlation_id TEXT,
+    causation_id TEXT,
+    tenant_id TEXT,
+    recorded_at INTEGER NOT NULL,
+    envelope TEXT NOT NULL
+);
+CREATE INDEX events_partition ON events (partition, position, type);
+CREATE INDEX events_correlation ON events (correlation_id, position);
+CREATE INDEX events_type ON events (type, recorded_at);
+CREATE TRIGGER events_immutable BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'stored events are immutable'); END;
+CREATE TABLE event_keys (
+    key TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (key, position)
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('keys_indexed_upto', '0');
+
+CREATE TABLE subscriptions (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    types TEXT NOT NULL,
+    ordered INTEGER NOT NULL,
+    start TEXT NOT NULL,
+    start_position INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE partitions (
+    subscription_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    cursor INTEGER NOT NULL,
+    owner TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER NOT NULL DEFAULT 0,
+    busy_since INTEGER,
+    fetched_upto INTEGER NOT NULL,
+    appended INTEGER NOT NULL DEFAULT 0,
+    settled INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (subscription_id, partition)
+) WITHOUT ROWID;
+CREATE TABLE consumers (
+    subscription_id INTEGER NOT NULL,
+    consumer TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (subscription_id, consumer)
+) WITHOUT ROWID;
+CREATE TABLE failures (
+    subscription_id INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    attempts TEXT NOT NULL,
+    PRIMARY KEY (subscription_id, position)
+) WITHOUT ROWID;
+CREATE INDEX failures_position ON failures (position);
+CREATE TABLE requeue (
+    id INTEGER PRIMARY KEY,
+    subscription_id INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    queued_at INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX requeue_partition ON requeue (subscription_id, partition, id);
+CREATE INDEX requeue_position ON requeue (position);
+CREATE TABLE inbox (
+    subscription_id INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    handled_at INTEGER NOT NULL,
+    PRIMARY KEY (subscription_id, event_id)
+) WITHOUT ROWID;
+CREATE INDEX inbox_handled ON inbox (handled_at);
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY,
+    subscription_id INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    handler TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts TEXT NOT NULL,
+    dead_at INTEGER NOT NULL,
+    replayed_at INTEGER
+);
+CREATE INDEX dead_letters_subscription ON dead_letters (subscription_id, id);
+CREATE INDEX dead_letters_position ON dead_letters (position);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is immutable'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is immutable'); END;
+";
+
+/// Version of the newest migration.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Opens the read-write connection of the writer thread, in WAL mode. It never checkpoints:
+/// [`crate::checkpoint`] does, on its own thread.
+pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
+    let conn = Connection::open(&config.path).db()?;
+    conn.busy_timeout(config.busy_timeout).db()?;
+    // Large pages: fewer pages per event row and per index page touched by a group commit.
+    // Only takes effect on a new, empty file.
+    conn.execute_batch("PRAGMA page_size = 16384").db()?;
+    let _mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .db()?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {};
+         PRAGMA journal_size_limit = 268435456;
+         PRAGMA wal_autocheckpoint = 0;
+         PRAGMA cache_size = -65536;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA foreign_keys = OFF;",
+        config.durability.pragma()
+    ))
+    .db()?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Opens a connection that only reads (the reader pool and the commit watcher).
+pub(crate) fn open_reader(config: &SqliteConfig) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(&config.path, flags).db()?;
+    conn.busy_timeout(config.busy_timeout).db()?;
+    // Memory-mapped reads: every commit of the writer empties a reader's page cache, so
+    // readers fetch pages often; a mapping spares them a copy and a system call each.
+    conn.execute_batch(
+        "PRAGMA query_only = ON;
+         PRAGMA cache_size = -32768;
+         PRAGMA mmap_size = 1073741824;
+         PRAGMA temp_store = MEMORY;",
+    )
+    .db()?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Applies every migration not yet recorded; safe when several processes open at once.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    for &(version, sql) in MIGRATIONS {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .db()?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .db()?;
+        let applied = tx
+            .query_row(
+                "SELECT 1 FROM schema_migrations WHERE version = ?1",
+                [version],
+                |_| Ok(()),
+            )
+            .optional()
+            .db()?
+            .is_some();
+        if !applied {
+            tx.execute_batch(sql).db()?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, crate::clock::now_micros()],
+            )
+            .db()?;
+        }
+        tx.commit().db()?;
+    }
+    Ok(())
+}
+
+/// Records `partitions` on a new file and returns the stored value, which wins on an old one.
+pub(crate) fn stored_partitions(conn: &Connection, partitions: u32) -> Result<u32> {
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES
+         ('partitions', ?1), ('format', ?2)",
+        params![partitions.to_string(), SCHEMA_VERSION.to_string()],
+    )
+    .db()?;
+    let stored: String = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'partitions'",
+            [],
+            |row| row.get(0),
+        )
+        .db()?;
+    stored.parse().map_err(|_| {
+        edubus_core::Error::internal(
+            "the stored partition count is not a number",
+            format!("meta.partitions = {stored:?}"),
+        )
+    })
+}

@@ -1,0 +1,211 @@
+//! The event store role: the `events` table is the log, appended by the writer thread and read
+//! from the reader pool.
+
+use edubus_core::{
+    Append, Appended, Envelope, Error, EventStore, Position, ReadQuery, Recorded, Result,
+    partition_of,
+};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+
+use crate::SqliteBackend;
+use crate::append::{NewEvent, insert_events};
+use crate::clock::{int, micros, timestamp, uint};
+use crate::error::Db;
+use crate::keys;
+
+/// Page size of a read whose `limit` is 0.
+pub const DEFAULT_READ_LIMIT: usize = 1000;
+/// Batches at least this large are serialized on the blocking pool, not a tokio worker.
+const BLOCKING_ENCODE_MIN: usize = 64;
+
+/// The columns [`recorded`] decodes, for `events` aliased `e`.
+pub(crate) const RECORDED_COLUMNS: &str =
+    "e.position, e.stream, e.partition, e.key, e.recorded_at, e.envelope, e.id, e.type, e.version";
+
+/// The highest position ever assigned (0 for an empty log); survives trimming.
+pub(crate) fn head_position(conn: &Connection) -> Result<u64> {
+    let head: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+        )
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .db()?;
+    Ok(uint(head))
+}
+
+/// Decodes a row selected with [`RECORDED_COLUMNS`] starting at column `at`.
+pub(crate) fn recorded(row: &Row<'_>, at: usize) -> rusqlite::Result<Recorded> {
+    let json: String = row.get(at + 5)?;
+    let envelope = match serde_json::from_str::<Envelope>(&json) {
+        Ok(envelope) => envelope,
+        Err(e) => undecodable(
+            json,
+            row.get(at + 6)?,
+            row.get(at + 7)?,
+            row.get(at + 8)?,
+            &e,
+        ),
+    };
+    Ok(Recorded {
+        position: uint(row.get(at)?),
+        stream: row.get(at + 1)?,
+        partition: row.get(at + 2)?,
+        key: row.get(at + 3)?,
+        recorded_at: timestamp(row.get(at + 4)?),
+        envelope,
+    })
+}
+
+/// A stand-in for a stored envelope that no longer decodes: its raw text in `data`, so a
+/// consumer dead-letters it as undecodable instead of the partition stopping.
+fn undecodable(
+    raw: String,
+    id: String,
+    ty: String,
+    version: u32,
+    e: &serde_json::Error,
+) -> Envelope {
+    let mut env = Envelope::new(ty, version, Value::String(raw))
+        .with_id(id)
+        .with_source("urn:edubus:sqlite:undecodable")
+        .with_extension("decodeerror", e.to_string());
+    env.time = None;
+    env
+}
+
+/// Which rows a read scans.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The log by position (or the index its filters pick).
+    Log,
+    /// Positions of the key from `event_keys`, up to its bound.
+    KeyIndexed,
+    /// The key's partition after the bound of `event_keys`.
+    KeyTail,
+}
+
+/// Reads a page of the log matching `query` (in the caller's snapshot).
+fn read_page(conn: &Connection, query: &ReadQuery, partitions: u32) -> Result<Vec<Recorded>> {
+    let limit = if query.limit == 0 {
+        DEFAULT_READ_LIMIT
+    } else {
+        query.limit
+    };
+    let Some(key) = &query.key else {
+        return select(conn, query, Source::Log, (0, 0), limit);
+    };
+    let upto = keys::indexed_upto(conn)?;
+    let mut out = select(conn, query, Source::KeyIndexed, (upto, 0), limit)?;
+    if out.len() < limit {
+        let tail = (upto, partition_of(key, partitions));
+        out.extend(select(
+            conn,
+            query,
+            Source::KeyTail,
+            tail,
+            limit - out.len(),
+        )?);
+    }
+    Ok(out)
+}
+
+/// One query of a read: `bounds` is the key index bound and the key's partition.
+fn select(
+    conn: &Connection,
+    query: &ReadQuery,
+    source: Source,
+    (upto, partition): (u64, u32),
+    limit: usize,
+) -> Result<Vec<Recorded>> {
+    let mut sql = format!("SELECT {RECORDED_COLUMNS} FROM events e WHERE e.position > ?1");
+    sql.push_str(match source {
+        Source::Log => "",
+        Source::KeyIndexed => {
+            " AND e.position IN (SELECT position FROM event_keys
+                WHERE key = ?3 AND position > ?1 AND position <= ?7)"
+        }
+        Source::KeyTail => " AND e.partition = ?8 AND e.position > ?7 AND e.key = ?3",
+    });
+    if !query.types.is_empty() {
+        // With a time bound the (type, recorded_at) index fits; otherwise scan by position.
+        let plus = if query.since.is_some() { "" } else { "+" };
+        sql.push_str(&format!(
+            " AND {plus}e.type IN (SELECT value FROM json_each(?2))"
+        ));
+    }
+    for (cond, present) in [
+        (" AND e.correlation_id = ?4", query.correlation_id.is_some()),
+        (" AND e.stream = ?5", query.stream.is_some()),
+        (" AND e.recorded_at >= ?6", query.since.is_some()),
+    ] {
+        if present {
+            sql.push_str(cond);
+        }
+    }
+    sql.push_str(" ORDER BY e.position LIMIT ?9");
+    let mut st = conn.prepare_cached(&sql).db()?;
+    let types = serde_json::to_string(&query.types).unwrap_or_else(|_| "[]".into());
+    let since = query.since.map(micros);
+    let args = params![
+        int(query.after),
+        types,
+        query.key,
+        query.correlation_id,
+        query.stream,
+        since,
+        int(upto),
+        partition,
+        int(limit as u64)
+    ];
+    // Parameters the SQL does not name are bound and ignored: `?9` is always the highest.
+    let rows = st.query_map(args, |row| recorded(row, 0)).db()?;
+    rows.map(Db::db).collect()
+}
+
+impl EventStore for SqliteBackend {
+    async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let partitions = self.partitions_stored();
+        let rows = if batch.len() >= BLOCKING_ENCODE_MIN {
+            tokio::task::spawn_blocking(move || NewEvent::batch(&batch, partitions))
+                .await
+                .map_err(|e| Error::internal("envelope serialization failed", e))??
+        } else {
+            NewEvent::batch(&batch, partitions)?
+        };
+        // No savepoint: `insert_events` undoes its own inserts on a conflict. The rows travel
+        // back to be freed here, not on the writer thread.
+        let (appended, rows) = self
+            .writer()
+            .call_unguarded(move |tx, state| Ok((insert_events(tx, &rows, state), rows)))
+            .await?;
+        drop(rows);
+        appended
+    }
+
+    async fn read(&self, query: ReadQuery) -> Result<Vec<Recorded>> {
+        let partitions = self.partitions_stored();
+        self.readers()
+            .snapshot(move |conn| read_page(conn, &query, partitions))
+            .await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Recorded>> {
+        let id = id.to_owned();
+        self.readers()
+            .run(move |conn| {
+                let sql = format!("SELECT {RECORDED_COLUMNS} FROM events e WHERE e.id = ?1");
+                conn.prepare_cached(&sql)
+                    .and_then(|mut st| st.query_row([id], |row| recorded(row, 0)).optional())
+                    .db()
+            })
+            .await
+    }
+
+    async fn head(&self) -> Result<Position> {
+        self.readers().run(head_position).await
+    }
+}
