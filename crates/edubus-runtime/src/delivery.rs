@@ -1,0 +1,303 @@
+//! One delivery: inbox check, validation, decoding, the handler with its retries, and the
+//! dead letter when it gives up.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use edubus_core::{
+    Append, Attempt, DeadLetter, DeadReason, Delivery, Envelope, EventStore, Lease, Transport,
+};
+use jiff::Timestamp;
+
+use crate::handler::{HandlerContext, Staged};
+use crate::partition::Busy;
+use crate::worker::SubState;
+
+/// A finished delivery, ready to settle.
+pub(crate) struct Done<W> {
+    pub(crate) delivery: Delivery,
+    pub(crate) key: Arc<str>,
+    pub(crate) finished: Finished<W>,
+}
+
+/// How a delivery finished.
+pub(crate) enum Finished<W> {
+    Handled {
+        work: Option<W>,
+        caused: Vec<Append>,
+    },
+    Duplicate,
+    Dead(DeadLetter),
+}
+
+/// How a delivery task begins.
+pub(crate) enum Start {
+    /// Run the handler.
+    Fresh,
+    /// The inbox has it: settle as a duplicate without running the handler.
+    Seen,
+    /// Its previous attempt failed at settlement with this error: record it, back off, retry.
+    Retry(String),
+}
+
+/// Why one attempt did not succeed.
+enum Failure {
+    /// Retry after a backoff.
+    Transient(String),
+    /// Dead-letter now, for this reason.
+    Final(DeadReason, String),
+}
+
+/// Runs `delivery` to completion: handled, a duplicate, or dead.
+pub(crate) async fn deliver<B: EventStore + Transport>(
+    sub: Arc<SubState<B>>,
+    lease: Lease,
+    delivery: Delivery,
+    key: Arc<str>,
+    busy: Busy,
+    token: u64,
+    start: Start,
+) -> Done<B::Work> {
+    let Ok(_permit) = Arc::clone(&sub.permits).acquire_owned().await else {
+        let finished = Finished::Dead(letter(
+            &sub,
+            &delivery,
+            DeadReason::Exhausted,
+            "worker closed".into(),
+            Vec::new(),
+        ));
+        return Done {
+            delivery,
+            key,
+            finished,
+        };
+    };
+    let beat = Beat { busy: &busy, token };
+    let finished = attempts(&sub, &lease, &delivery, start, &beat).await;
+    beat.done();
+    Done {
+        delivery,
+        key,
+        finished,
+    }
+}
+
+/// Reports this delivery's progress to the partition: the start of its current attempt or
+/// backoff, so a partition counts as stalled only when one step takes longer than
+/// `claim_after`.
+struct Beat<'a> {
+    busy: &'a Busy,
+    token: u64,
+}
+
+impl Beat<'_> {
+    fn now(&self) {
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        busy.insert(self.token, Timestamp::now());
+    }
+
+    fn done(&self) {
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        busy.remove(&self.token);
+    }
+}
+
+/// Aborts the handler task if the delivery is abandoned (lease lost, grace period over).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn attempts<B: EventStore + Transport>(
+    sub: &SubState<B>,
+    lease: &Lease,
+    delivery: &Delivery,
+    start: Start,
+    beat: &Beat<'_>,
+) -> Finished<B::Work> {
+    let policy = sub.options.retry;
+    beat.now();
+    let mut attempt = delivery.delivery_count;
+    match start {
+        Start::Fresh => {}
+        Start::Seen => {
+            sub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Finished::Duplicate;
+        }
+        Start::Retry(error) => {
+            let failure = Failure::Transient(error);
+            if let Some(dead) = failed(sub, lease, delivery, attempt - 1, failure).await {
+                return dead;
+            }
+        }
+    }
+    loop {
+        if attempt > policy.max_attempts {
+            let error = format!(
+                "delivered {} times, more than the {} attempts allowed",
+                attempt - 1,
+                policy.max_attempts
+            );
+            return dead(sub, delivery, DeadReason::Exhausted, error).await;
+        }
+        beat.now();
+        match run_once(sub, delivery, attempt).await {
+            Ok(staged) => {
+                sub.stats.handled.fetch_add(1, Ordering::Relaxed);
+                return Finished::Handled {
+                    work: staged.work,
+                    caused: staged.caused,
+                };
+            }
+            Err(failure) => {
+                beat.now();
+                if let Some(dead) = failed(sub, lease, delivery, attempt, failure).await {
+                    return dead;
+                }
+            }
+        }
+        attempt += 1;
+    }
+}
+
+/// Records a failed attempt and waits out the backoff, or returns the dead letter.
+async fn failed<B: EventStore + Transport>(
+    sub: &SubState<B>,
+    lease: &Lease,
+    delivery: &Delivery,
+    attempt: u32,
+    failure: Failure,
+) -> Option<Finished<B::Work>> {
+    sub.stats.failed.fetch_add(1, Ordering::Relaxed);
+    let error = match failure {
+        Failure::Final(reason, error) => return Some(dead(sub, delivery, reason, error).await),
+        Failure::Transient(error) => error,
+    };
+    let record = Attempt {
+        number: attempt,
+        at: Timestamp::now(),
+        consumer: sub.consumer.0.clone(),
+        error: error.clone(),
+    };
+    if let Err(e) = sub
+        .bus
+        .backend()
+        .record_failure(lease, delivery.event.position, record)
+        .await
+    {
+        tracing::warn!(subscription = %sub.name, error = %e, "cannot record a failed attempt");
+    }
+    if attempt >= sub.options.retry.max_attempts {
+        return Some(dead(sub, delivery, DeadReason::Exhausted, error).await);
+    }
+    sub.stats.retried.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(subscription = %sub.name, attempt, %error, "handler failed; retrying");
+    tokio::time::sleep(sub.options.retry.delay(attempt)).await;
+    None
+}
+
+/// One attempt: validate, decode, run the handler (in its own task, so a panic is a failure).
+async fn run_once<B: EventStore + Transport>(
+    sub: &SubState<B>,
+    d: &Delivery,
+    attempt: u32,
+) -> Result<Staged<B::Work>, Failure> {
+    let env = &d.event.envelope;
+    let (name, version) = match sub.options.validate {
+        true => match sub.bus.validator().validate(env) {
+            Ok(v) => (v.event.name.clone(), v.event.version),
+            Err(e) => return Err(Failure::Final(DeadReason::SchemaInvalid, e.to_string())),
+        },
+        false => (env.event_type.clone(), env.schemaversion.unwrap_or(1)),
+    };
+    let Some((_, handler)) = sub.handlers.get(&(name.clone(), version)) else {
+        return Err(Failure::Final(
+            DeadReason::Undecodable,
+            format!("no handler for {name} v{version}"),
+        ));
+    };
+    let envelope = Arc::new(Envelope {
+        attempt: Some(attempt),
+        replay: d.replay.then_some(true),
+        ..env.clone()
+    });
+    let ctx = HandlerContext::<B>::new(
+        envelope,
+        attempt,
+        d.replay,
+        Arc::clone(&sub.name),
+        Arc::from(sub.bus.source()),
+    );
+    let staged = ctx.staged();
+    let fut = handler
+        .call(&env.data, ctx)
+        .map_err(|e| Failure::Final(DeadReason::Undecodable, e))?;
+    let mut task = AbortOnDrop(tokio::spawn(fut));
+    match (&mut task.0).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_permanent() => {
+            return Err(Failure::Final(DeadReason::Rejected, e.to_string()));
+        }
+        Ok(Err(e)) => return Err(Failure::Transient(e.to_string())),
+        Err(join) => return Err(Failure::Transient(format!("handler panicked: {join}"))),
+    }
+    let mut staged = staged
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(Staged {
+        caused: std::mem::take(&mut staged.caused),
+        work: staged.work.take(),
+    })
+}
+
+async fn dead<B: EventStore + Transport>(
+    sub: &SubState<B>,
+    d: &Delivery,
+    reason: DeadReason,
+    error: String,
+) -> Finished<B::Work> {
+    sub.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    let attempts = sub
+        .bus
+        .backend()
+        .failures(&sub.name, d.event.position)
+        .await
+        .unwrap_or_default();
+    tracing::warn!(subscription = %sub.name, event = %d.event.envelope.id, ?reason, %error, "dead-lettered");
+    Finished::Dead(letter(sub, d, reason, error, attempts))
+}
+
+fn letter<B: EventStore + Transport>(
+    sub: &SubState<B>,
+    d: &Delivery,
+    reason: DeadReason,
+    error: String,
+    attempts: Vec<Attempt>,
+) -> DeadLetter {
+    let env = &d.event.envelope;
+    let handler = sub
+        .handlers
+        .get(&(env.event_type.clone(), env.schemaversion.unwrap_or(1)))
+        .map_or_else(|| format!("{}/-", sub.name), |(label, _)| label.clone());
+    DeadLetter {
+        subscription: sub.name.to_string(),
+        handler,
+        reason,
+        error,
+        attempts,
+        stream: d.event.stream.clone(),
+        partition: d.event.partition,
+        position: d.event.position,
+        event_id: env.id.clone(),
+        event_type: env.event_type.clone(),
+    }
+}
