@@ -16,6 +16,10 @@ apt_install() {
 step "checking tools"
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+# The Redis and PostgreSQL tests start real servers from these packages' binaries (edubus-testsupport).
+if ! command -v redis-server >/dev/null || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  apt_install redis-server postgresql
+fi
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
 
 step "installing the AsyncAPI parser (npm)"
