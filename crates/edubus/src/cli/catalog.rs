@@ -12,7 +12,7 @@ use edubus_catalog::{Catalog, EventSpec, diff, export, parse};
 use serde_json::json;
 
 use super::source;
-use super::{CatalogArg, outln};
+use super::{CatalogArg, outln, print_table};
 
 /// Catalog subcommands.
 #[derive(Debug, Subcommand)]
@@ -133,13 +133,6 @@ fn list(catalog: &Catalog, context: Option<&str>, json: bool) -> anyhow::Result<
     print_table(&table);
     outln!("{} events", latest.len());
     Ok(ExitCode::SUCCESS)
-}
-
-/// Prints a table without the padding comfy-table leaves after the last column.
-fn print_table(table: &Table) {
-    for line in table.to_string().lines() {
-        outln!("{}", line.trim_end());
-    }
 }
 
 fn versions(catalog: &Catalog, e: &EventSpec) -> String {

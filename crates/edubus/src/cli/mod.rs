@@ -1,18 +1,39 @@
 //! Command definitions and dispatch.
 
+mod bench;
 mod catalog;
+pub(crate) mod common;
+mod data;
+mod dlq;
 mod envelope;
+mod progress;
+mod publish;
+mod replay;
+mod serve;
 mod source;
+mod tail;
+mod trace;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use comfy_table::Table;
 
 /// edubus: the event backbone for education platforms.
 #[derive(Debug, Parser)]
 #[command(name = "edubus", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Data directory of the embedded deployment (created on first use). Every data command
+    /// also takes it after the command name, except `publish`, whose `--data` is the payload.
+    #[arg(
+        long = "data",
+        env = "EDUBUS_DATA",
+        value_name = "DIR",
+        default_value = "edubus-data"
+    )]
+    data: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,6 +46,20 @@ enum Command {
     /// Check CloudEvents envelopes against the catalog.
     #[command(subcommand)]
     Envelope(envelope::EnvelopeCommand),
+    /// Run the embedded deployment: the registered workers, until SIGTERM or Ctrl-C.
+    Serve(serve::ServeArgs),
+    /// Validate one event against the catalog and append it to the log.
+    Publish(publish::PublishArgs),
+    /// Print stored events; `--follow` waits for new ones.
+    Tail(tail::TailArgs),
+    /// The causation tree of one correlation id, with what every subscription did.
+    Trace(trace::TraceArgs),
+    /// List, inspect, replay and purge dead letters.
+    Dlq(dlq::DlqArgs),
+    /// Redeliver stored events to one subscription, marked as a replay.
+    Replay(replay::ReplayArgs),
+    /// Load generator: publish (and deliver) events and report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 /// Where a command reads the catalog from.
@@ -54,10 +89,34 @@ pub(crate) fn write_line(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Prints a table without the padding comfy-table leaves after the last column.
+pub(crate) fn print_table(table: &Table) {
+    for line in table.to_string().lines() {
+        outln!("{}", line.trim_end());
+    }
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data = cli.data;
     match cli.command {
         Command::Catalog(cmd) => catalog::run(cmd),
         Command::Envelope(cmd) => envelope::run(cmd),
+        Command::Serve(args) => block_on(serve::run(args, data)),
+        Command::Publish(args) => block_on(publish::run(args, data)),
+        Command::Tail(args) => block_on(tail::run(args, data)),
+        Command::Trace(args) => block_on(trace::run(args, data)),
+        Command::Dlq(args) => block_on(dlq::run(args, data)),
+        Command::Replay(args) => block_on(replay::run(args, data)),
+        Command::Bench(args) => block_on(bench::run(args)),
     }
+}
+
+/// Runs an asynchronous command on a multi-threaded tokio runtime built for it; the catalog
+/// commands stay synchronous and never start one.
+fn block_on(command: impl Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(command)
 }

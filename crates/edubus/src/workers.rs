@@ -1,0 +1,130 @@
+//! The work `edubus serve` runs: the application's subscriptions with their typed handlers,
+//! and the built-in maintenance.
+//!
+//! A deployment adds its subscriptions in [`registry`], each followed by its handlers:
+//!
+//! ```text
+//! let worker = Worker::builder(bus.clone())
+//!     .subscription("attendance-threshold", SubscriptionOptions::default())
+//!     .on::<AttendanceMarked, _, _>(|event, ctx| async move { Ok(()) });
+//! ```
+
+use std::time::Duration;
+
+use edubus_core::{Error, EventStore, Result, Transport};
+use edubus_runtime::{Bus, Worker, WorkerBuilder};
+use jiff::Timestamp;
+use tokio::sync::watch;
+
+use crate::cli::common::human_duration;
+
+/// What `serve` was asked to run besides the registered subscriptions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Trim transport entries older than this. Off by default: the embedded log is also the
+    /// audit store and keeps everything.
+    pub retention: Option<Duration>,
+}
+
+/// A built-in maintenance task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Maintenance {
+    /// Every `every`, deletes entries recorded more than `keep` ago that every subscription
+    /// has settled (never one some subscription still needs).
+    Retention {
+        /// How long entries are kept.
+        keep: Duration,
+        /// How often the trim runs.
+        every: Duration,
+    },
+}
+
+/// Everything `serve` runs.
+pub struct Registry<B: Transport> {
+    /// The subscriptions and their handlers.
+    pub worker: WorkerBuilder<B>,
+    /// The names of those subscriptions, for the start-up banner.
+    pub subscriptions: Vec<String>,
+    /// The built-in maintenance.
+    pub maintenance: Vec<Maintenance>,
+}
+
+/// The workers this binary registers. There is no application subscription yet; the
+/// maintenance is retention trimming when a retention is set.
+pub fn registry<B: EventStore + Transport>(bus: &Bus<B>, settings: &Settings) -> Registry<B> {
+    let worker = Worker::builder(bus.clone());
+    let maintenance = settings
+        .retention
+        .map(|keep| Maintenance::Retention {
+            keep,
+            every: trim_interval(keep),
+        })
+        .into_iter()
+        .collect();
+    Registry {
+        worker,
+        subscriptions: Vec::new(),
+        maintenance,
+    }
+}
+
+/// Trims run 24 times per retention period, at least every hour and at most every second.
+fn trim_interval(keep: Duration) -> Duration {
+    (keep / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+impl Maintenance {
+    /// One line for the start-up banner.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Retention { keep, every } => format!(
+                "retention: trim entries older than {} every {}",
+                human_duration(*keep),
+                human_duration(*every)
+            ),
+        }
+    }
+
+    /// Runs the task until `stop` turns true.
+    pub async fn run<B: Transport>(
+        self,
+        backend: B,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let Self::Retention { keep, every } = self;
+        while !*stop.borrow() {
+            let before = Timestamp::now()
+                .checked_sub(keep)
+                .map_err(|e| Error::invalid(format!("retention {keep:?} is too long: {e}")))?;
+            match backend.trim(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, %before, "retention trim"),
+                Err(e) => tracing::warn!(error = %e, "retention trim failed; retrying later"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_run_often_enough_and_not_too_often() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(trim_interval(7 * day), Duration::from_secs(3600));
+        assert_eq!(
+            trim_interval(Duration::from_secs(240)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            trim_interval(Duration::from_secs(5)),
+            Duration::from_secs(1)
+        );
+    }
+}
