@@ -12,6 +12,6 @@ pub use event::Event;
 pub use store::{Append, Appended, EventStore, Position, ReadQuery, Recorded, partition_of};
 pub use transport::{
     Attempt, ConsumerId, DeadLetter, DeadLetterEntry, DeadLetterQueue, DeadReason, Delivery,
-    DeliveryState, Lease, LeaseOptions, Outcome, Replay, Settlement, StartFrom, SubscriptionSpec,
-    SubscriptionStats, Transport,
+    DeliveryState, Fetched, Lease, LeaseOptions, Outcome, Replay, Settlement, StartFrom,
+    SubscriptionSpec, SubscriptionStats, Transport,
 };

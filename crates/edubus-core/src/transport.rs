@@ -95,6 +95,18 @@ pub struct Delivery {
     pub requeue_id: Option<u64>,
     /// When this process received it.
     pub received_at: Timestamp,
+    /// The subscription's inbox already has it: settle it without running the handler.
+    pub handled: bool,
+}
+
+/// The result of a fetch.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Fetched {
+    /// The deliveries, replayed ones first.
+    pub deliveries: Vec<Delivery>,
+    /// Every matching log event of the partition at or below this position is in
+    /// `deliveries` or was at or below `after`: the next fetch may start here.
+    pub scanned_to: Position,
 }
 
 /// One failed attempt, kept in the dead-letter entry's history.
@@ -269,7 +281,7 @@ pub trait Transport: Send + Sync + 'static {
         after: Position,
         after_requeue: u64,
         max: usize,
-    ) -> impl Future<Output = Result<Vec<Delivery>>> + Send;
+    ) -> impl Future<Output = Result<Fetched>> + Send;
 
     /// Of these `(position, event id)` deliveries, the ids the subscription already handled.
     fn seen(
@@ -303,8 +315,14 @@ pub trait Transport: Send + Sync + 'static {
         position: Position,
     ) -> impl Future<Output = Result<Vec<Attempt>>> + Send;
 
-    /// Returns when events after `after` may exist, or after `timeout`.
-    fn wait(&self, after: Position, timeout: Duration) -> impl Future<Output = ()> + Send;
+    /// Returns when events after position `after` may exist in `partition` (any partition
+    /// when `None`), or after `timeout`. Spurious returns are allowed.
+    fn wait(
+        &self,
+        partition: Option<u32>,
+        after: Position,
+        timeout: Duration,
+    ) -> impl Future<Output = ()> + Send;
 
     /// Every registered subscription.
     fn subscriptions(&self) -> impl Future<Output = Result<Vec<SubscriptionSpec>>> + Send;

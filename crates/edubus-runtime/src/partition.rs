@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edubus_core::{
-    Delivery, Error, EventStore, Lease, Outcome, Position, Result, Settlement, Transport,
+    Delivery, Error, EventStore, Fetched, Lease, Outcome, Position, Result, Settlement, Transport,
 };
 use jiff::Timestamp;
 use tokio::sync::watch;
@@ -80,7 +80,7 @@ pub(crate) fn run_partition<B: EventStore + Transport>(
     }
 }
 
-type FetchResult = Result<(Position, Vec<Delivery>, Vec<String>)>;
+type FetchResult = Result<Fetched>;
 type SettleBatch<W> = Vec<(Settlement<W>, Meta)>;
 type SettleResult = (Vec<Meta>, Result<Vec<Result<()>>>);
 
@@ -101,8 +101,6 @@ struct Part<B: Transport> {
     /// Ordered mode: deliveries waiting behind the running one of their key.
     queues: HashMap<Arc<str>, VecDeque<Delivery>>,
     requeued: HashSet<u64>,
-    /// Event ids of fetched deliveries the inbox already has: settled without the handler.
-    seen: HashSet<String>,
     running: JoinSet<Done<B::Work>>,
     to_settle: SettleBatch<B::Work>,
     fetching: Option<JoinHandle<FetchResult>>,
@@ -121,7 +119,6 @@ impl<B: EventStore + Transport> Part<B> {
             undone: BTreeSet::new(),
             queues: HashMap::new(),
             requeued: HashSet::new(),
-            seen: HashSet::new(),
             running: JoinSet::new(),
             to_settle: Vec::new(),
             fetching: None,
@@ -183,38 +180,35 @@ impl<B: EventStore + Transport> Part<B> {
         let lease = self.lease.clone();
         let (after, after_requeue) = (self.last_fetched, self.last_requeue);
         let max = self.sub.options.batch_size;
+        let partition = lease.partition;
         self.fetching = Some(tokio::spawn(async move {
-            let head = bus.backend().head().await?;
-            let batch = bus
+            let fetched = bus
                 .backend()
                 .fetch(&lease, after, after_requeue, max)
                 .await?;
-            if batch.is_empty() {
-                bus.backend().wait(head, Duration::from_millis(250)).await;
+            if fetched.deliveries.is_empty() {
+                let idle = Duration::from_millis(250);
+                bus.backend()
+                    .wait(Some(partition), fetched.scanned_to, idle)
+                    .await;
             }
-            let seen = already_handled(bus.backend(), &lease, &batch).await;
-            Ok((head, batch, seen))
+            Ok(fetched)
         }));
     }
 
     fn on_fetched(&mut self, res: std::result::Result<FetchResult, tokio::task::JoinError>) {
-        let (head, batch, seen) = match res {
+        let fetched = match res {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 return tracing::warn!(subscription = %self.sub.name, error = %e, "fetch failed");
             }
             Err(_) => return,
         };
-        if batch.len() < self.sub.options.batch_size && batch.iter().all(|d| d.requeue_id.is_some())
-        {
-            // The read was not cut short and found nothing of the log after `last_fetched`:
-            // nothing up to `head` (read before it) is ours.
-            self.last_fetched = self.last_fetched.max(head);
-        }
-        self.seen.extend(seen);
-        for d in batch {
+        for d in fetched.deliveries {
             self.accept(d);
         }
+        // Every matching event up to `scanned_to` was handed out: none is missing below it.
+        self.last_fetched = self.last_fetched.max(fetched.scanned_to);
     }
 
     fn accept(&mut self, d: Delivery) {
@@ -248,7 +242,7 @@ impl<B: EventStore + Transport> Part<B> {
         self.next_token += 1;
         let start = match prior_error {
             Some(error) => Start::Retry(error),
-            None if d.requeue_id.is_none() && self.seen.remove(&d.event.envelope.id) => Start::Seen,
+            None if d.handled => Start::Seen,
             None => Start::Fresh,
         };
         let fut = deliver(
@@ -371,27 +365,6 @@ impl<B: EventStore + Transport> Part<B> {
             }
         }
     }
-}
-
-/// Ids of `batch`'s log deliveries that the subscription already handled (the inbox), checked
-/// once per fetch. On error none are reported: settlement still refuses to apply a duplicate.
-async fn already_handled<B: Transport>(
-    backend: &B,
-    lease: &Lease,
-    batch: &[Delivery],
-) -> Vec<String> {
-    let probe: Vec<(Position, String)> = batch
-        .iter()
-        .filter(|d| d.requeue_id.is_none())
-        .map(|d| (d.event.position, d.event.envelope.id.clone()))
-        .collect();
-    if probe.is_empty() {
-        return Vec::new();
-    }
-    backend.seen(lease, &probe).await.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "inbox check failed");
-        Vec::new()
-    })
 }
 
 async fn wait_opt<T: Send + 'static>(

@@ -114,7 +114,11 @@ async fn consume(bus: &SqliteBackend, total: u64) -> f64 {
                 let mut done = 0u64;
                 let mut after = lease.cursor;
                 loop {
-                    let got = bus.fetch(&lease, after, 0, 1000).await.expect("fetch");
+                    let got = bus
+                        .fetch(&lease, after, 0, 1000)
+                        .await
+                        .expect("fetch")
+                        .deliveries;
                     let Some(last) = got.last().map(|d| d.event.position) else {
                         break;
                     };

@@ -151,6 +151,7 @@ fn write(conn: &Connection, events: &[NewEvent], state: &mut WriterState) -> Res
             Err(e) => return Err(from_sqlite(e)),
         };
         state.head = state.head.max(position);
+        state.touched.push((ev.partition, position));
         out.push(Appended {
             id: ev.id.clone(),
             position,

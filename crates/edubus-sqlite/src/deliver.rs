@@ -1,33 +1,37 @@
 //! Delivery: fetch (replayed entries first, then the partition's log after a position),
 //! `seen`, and the failed-attempt history that keeps delivery counts across crashes.
 
-use edubus_core::{Attempt, Delivery, Error, Lease, Position, Result};
+use edubus_core::{Attempt, Delivery, Error, Fetched, Lease, Position, Result};
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::SqliteBackend;
 use crate::clock::{int, uint};
 use crate::error::{Db, from_json};
-use crate::store::{RECORDED_COLUMNS, recorded};
+use crate::store::{RECORDED_COLUMNS, head_position, recorded};
 use crate::subs::{self, Sub, type_filter};
 
 /// Fetches up to `max` deliveries: replay-queue entries above `after_requeue`, then log events
-/// above `after`. When log events were fetched, records through the writer how far the lease
-/// fetched before returning them (a replay-only fetch writes nothing).
+/// above `after`, flagged when the inbox already has them, in one read snapshot whose head
+/// bounds `scanned_to`. When log events were fetched, records through the writer how far the
+/// lease fetched before returning them (a replay-only fetch writes nothing).
 pub(crate) async fn fetch(
     backend: &SqliteBackend,
     lease: &Lease,
     after: Position,
     after_requeue: u64,
     max: usize,
-) -> Result<Vec<Delivery>> {
+) -> Result<Fetched> {
     if max == 0 {
-        return Ok(Vec::new());
+        return Ok(Fetched {
+            deliveries: Vec::new(),
+            scanned_to: after,
+        });
     }
     let read_lease = lease.clone();
-    let (sub_id, deliveries) = backend
+    let (sub_id, deliveries, scanned_to) = backend
         .readers()
-        .run(move |conn| read_deliveries(conn, &read_lease, after, after_requeue, max))
+        .snapshot(move |conn| read_deliveries(conn, &read_lease, after, after_requeue, max))
         .await?;
     let highest = deliveries
         .iter()
@@ -42,28 +46,36 @@ pub(crate) async fn fetch(
             .call_unguarded(move |tx, _| mark_fetched(tx, sub_id, &lease, highest))
             .await?;
     }
-    Ok(deliveries)
+    Ok(Fetched {
+        deliveries,
+        scanned_to,
+    })
 }
 
-/// Reads (and decodes, on this blocking thread) the deliveries of one fetch.
+/// Reads (and decodes, on this blocking thread) the deliveries of one fetch, with the
+/// position up to which the partition was scanned.
 fn read_deliveries(
     conn: &Connection,
     lease: &Lease,
     after: Position,
     after_requeue: u64,
     max: usize,
-) -> Result<(i64, Vec<Delivery>)> {
+) -> Result<(i64, Vec<Delivery>, Position)> {
+    let head = head_position(conn)?;
     let sub = subs::load(conn, &lease.subscription)?;
     let mut out = requeued(conn, &sub, lease.partition, after_requeue, max)?;
     let sql = format!(
-        "SELECT {RECORDED_COLUMNS}, COALESCE(json_array_length(f.attempts), 0)
+        "SELECT {RECORDED_COLUMNS}, COALESCE(json_array_length(f.attempts), 0),
+                i.event_id IS NOT NULL
          FROM events e
          LEFT JOIN failures f ON f.subscription_id = ?1 AND f.position = e.position
+         LEFT JOIN inbox i ON i.subscription_id = ?1 AND i.event_id = e.id
          WHERE e.partition = ?2 AND e.position > ?3 AND {}
          ORDER BY e.position LIMIT ?5",
         type_filter!("e", "?4")
     );
     let left = max - out.len();
+    let mut scanned_to = head.max(after);
     if left > 0 {
         let mut st = conn.prepare_cached(&sql).db()?;
         let args = params![
@@ -74,11 +86,17 @@ fn read_deliveries(
             int(left as u64)
         ];
         let rows = st.query_map(args, |row| delivery(row, None)).db()?;
+        let before = out.len();
         for row in rows {
             out.push(row.db()?);
         }
+        if out.len() - before == left {
+            scanned_to = out.last().map_or(after, |d| d.event.position);
+        }
+    } else {
+        scanned_to = after;
     }
-    Ok((sub.id, out))
+    Ok((sub.id, out, scanned_to))
 }
 
 /// Replay-queue entries of the partition with an id above `after`, by id.
@@ -110,15 +128,20 @@ fn delivery(row: &rusqlite::Row<'_>, requeue_id: Option<u64>) -> rusqlite::Resul
     let at = usize::from(requeue_id.is_some());
     let mut event = recorded(row, at)?;
     let attempts: u32 = row.get(at + 9)?;
-    if requeue_id.is_some() {
-        event.envelope.replay = Some(true);
-    }
+    let handled = match requeue_id {
+        Some(_) => {
+            event.envelope.replay = Some(true);
+            false
+        }
+        None => row.get(at + 10)?,
+    };
     Ok(Delivery {
         event,
         delivery_count: attempts.saturating_add(1),
         replay: requeue_id.is_some(),
         requeue_id,
         received_at: Timestamp::now(),
+        handled,
     })
 }
 

@@ -144,6 +144,7 @@ impl Inner {
             partitions: config.partitions,
             poisoned: false,
             keys_upto: keys::indexed_upto(&conn)?,
+            touched: Vec::new(),
         };
         let writer = Writer::spawn(conn, state, config.group_commit_max, notifier.sender())?;
         let readers = Readers::new(config.clone());

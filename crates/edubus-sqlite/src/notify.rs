@@ -19,9 +19,57 @@ use crate::store::head_position;
 /// How long the watcher sleeps when nobody waits (it is woken when someone starts waiting).
 const IDLE_PARK: Duration = Duration::from_millis(500);
 
-/// The head channel and the thread that feeds it other processes' commits.
+/// The log head, overall and per partition, as seen by this process.
+///
+/// The writer publishes the partitions its commits touched, so a consumer waiting on one
+/// partition is not woken by appends to the others; commits of other processes, seen by the
+/// watcher, wake every partition.
+pub(crate) struct Heads {
+    all: watch::Sender<u64>,
+    parts: Vec<watch::Sender<u64>>,
+}
+
+impl Heads {
+    fn new(head: u64, partitions: u32) -> Self {
+        let parts = (0..partitions.max(1))
+            .map(|_| watch::Sender::new(head))
+            .collect();
+        Self {
+            all: watch::Sender::new(head),
+            parts,
+        }
+    }
+
+    /// After a commit: the new head and the highest position appended to each touched partition.
+    pub(crate) fn publish(&self, head: u64, touched: &[(u32, u64)]) {
+        raise(&self.all, head);
+        for (partition, position) in touched {
+            if let Some(part) = self.parts.get(*partition as usize) {
+                raise(part, *position);
+            }
+        }
+    }
+
+    /// A commit of another process: any partition may have changed.
+    fn publish_all(&self, head: u64) {
+        raise(&self.all, head);
+        self.parts.iter().for_each(|p| raise(p, head));
+    }
+
+    fn channel(&self, partition: Option<u32>) -> &watch::Sender<u64> {
+        partition
+            .and_then(|p| self.parts.get(p as usize))
+            .unwrap_or(&self.all)
+    }
+}
+
+fn raise(channel: &watch::Sender<u64>, to: u64) {
+    channel.send_if_modified(|h| (*h < to).then(|| *h = to).is_some());
+}
+
+/// The head channels and the thread that feeds them other processes' commits.
 pub(crate) struct Notifier {
-    head: Arc<watch::Sender<u64>>,
+    head: Arc<Heads>,
     flags: Arc<Flags>,
     thread: Mutex<Option<JoinHandle<()>>>,
     waker: std::thread::Thread,
@@ -36,7 +84,7 @@ struct Flags {
 impl Notifier {
     /// Starts the watcher with its own connection; `head` is the position at open.
     pub(crate) fn start(config: &SqliteConfig, head: u64) -> Result<Self> {
-        let head = Arc::new(watch::Sender::new(head));
+        let head = Arc::new(Heads::new(head, config.partitions));
         let flags = Arc::new(Flags {
             waiters: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -57,14 +105,15 @@ impl Notifier {
         })
     }
 
-    /// The channel the writer publishes its commits on.
-    pub(crate) fn sender(&self) -> Arc<watch::Sender<u64>> {
+    /// The channels the writer publishes its commits on.
+    pub(crate) fn sender(&self) -> Arc<Heads> {
         Arc::clone(&self.head)
     }
 
-    /// Returns once the head is above `after`, or after `timeout`.
-    pub(crate) async fn wait(&self, after: u64, timeout: Duration) {
-        let mut rx = self.head.subscribe();
+    /// Returns once the head of `partition` (of the log when `None`) is above `after`, or
+    /// after `timeout`.
+    pub(crate) async fn wait(&self, partition: Option<u32>, after: u64, timeout: Duration) {
+        let mut rx = self.head.channel(partition).subscribe();
         if *rx.borrow_and_update() > after {
             return;
         }
@@ -106,7 +155,7 @@ impl Drop for Waiting<'_> {
     }
 }
 
-fn watch_loop(conn: &Connection, head: &watch::Sender<u64>, flags: &Flags, interval: Duration) {
+fn watch_loop(conn: &Connection, head: &Heads, flags: &Flags, interval: Duration) {
     let mut seen = data_version(conn).unwrap_or(0);
     while !flags.stop.load(Ordering::Acquire) {
         if flags.waiters.load(Ordering::Acquire) == 0 {
@@ -118,7 +167,7 @@ fn watch_loop(conn: &Connection, head: &watch::Sender<u64>, flags: &Flags, inter
         {
             seen = version;
             if let Ok(now) = head_position(conn) {
-                head.send_if_modified(|h| (*h < now).then(|| *h = now).is_some());
+                head.publish_all(now);
             }
         }
         std::thread::park_timeout(interval);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use edubus_core::error::BoxError;
 use edubus_core::{
-    Append, Attempt, ConsumerId, Delivery, DeliveryState, Lease, LeaseOptions, Position, Recorded,
+    Append, Attempt, ConsumerId, DeliveryState, Fetched, Lease, LeaseOptions, Position, Recorded,
     Result, Settlement, SubscriptionSpec, SubscriptionStats, Transport,
 };
 use jiff::Timestamp;
@@ -51,7 +51,7 @@ impl Transport for SqliteBackend {
         after: Position,
         after_requeue: u64,
         max: usize,
-    ) -> Result<Vec<Delivery>> {
+    ) -> Result<Fetched> {
         deliver::fetch(self, lease, after, after_requeue, max).await
     }
 
@@ -81,8 +81,8 @@ impl Transport for SqliteBackend {
         deliver::failures(self, subscription, position).await
     }
 
-    async fn wait(&self, after: Position, timeout: Duration) {
-        self.notifier().wait(after, timeout).await;
+    async fn wait(&self, partition: Option<u32>, after: Position, timeout: Duration) {
+        self.notifier().wait(partition, after, timeout).await;
     }
 
     async fn subscriptions(&self) -> Result<Vec<SubscriptionSpec>> {

@@ -10,10 +10,11 @@ use std::thread::JoinHandle;
 
 use edubus_core::{Error, Result};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{closed, from_sqlite_ref};
 use crate::keys;
+use crate::notify::Heads;
 
 /// Counters of the writer thread, for tests and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +36,8 @@ pub(crate) struct WriterState {
     pub poisoned: bool,
     /// How far the by-key index is known to be complete.
     pub keys_upto: u64,
+    /// Partitions appended to in the current group, with the highest position in each.
+    pub touched: Vec<(u32, u64)>,
 }
 
 /// A unit of work for the writer.
@@ -108,7 +111,7 @@ where
 struct Shared {
     commands: AtomicU64,
     transactions: AtomicU64,
-    head: Arc<watch::Sender<u64>>,
+    head: Arc<Heads>,
 }
 
 /// The handle to the writer thread held by the backend.
@@ -124,7 +127,7 @@ impl Writer {
         conn: Connection,
         state: WriterState,
         group_commit_max: usize,
-        head: Arc<watch::Sender<u64>>,
+        head: Arc<Heads>,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(group_commit_max.max(64));
         let shared = Arc::new(Shared {
@@ -274,6 +277,7 @@ fn commit_group(
         Err(e) => return answer_all(batch, || from_sqlite_ref(&e)),
     };
     let head_before = state.head;
+    state.touched.clear();
     let mut sound = true;
     for cmd in &mut batch {
         sound = if cmd.guarded() {
@@ -299,10 +303,7 @@ fn commit_group(
     }
     match tx.commit() {
         Ok(()) => {
-            let head = state.head;
-            shared
-                .head
-                .send_if_modified(|h| (*h < head).then(|| *h = head).is_some());
+            shared.head.publish(state.head, &state.touched);
             batch.into_iter().for_each(|c| c.finish(None));
         }
         Err(e) => {

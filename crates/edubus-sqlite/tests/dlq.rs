@@ -45,6 +45,7 @@ async fn dead_letter(bus: &SqliteBackend, sub: &str, key: &str) -> DeadLetter {
         .fetch(&lease, lease.cursor, 0, 1)
         .await
         .unwrap()
+        .deliveries
         .remove(0);
     let parked = letter(sub, &got);
     let dead = Settlement {
@@ -80,11 +81,19 @@ async fn dead_letters_are_listed_replayed_and_purged_with_audit_rows() {
     let replayed = DeadLetterQueue::get(&bus, entry.id).await.unwrap().unwrap();
     assert!(replayed.replayed_at.is_some());
     let lease = lease_of(&bus, "a", "k").await;
-    let again = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let again = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(again.len(), 1);
     assert!(again[0].replay && again[0].event.envelope.replay == Some(true));
     let other = lease_of(&bus, "b", "k").await;
-    let b_got = bus.fetch(&other, other.cursor, 0, 10).await.unwrap();
+    let b_got = bus
+        .fetch(&other, other.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert!(
         b_got.iter().all(|d| !d.replay),
         "a DLQ replay goes to its subscription only"
@@ -138,7 +147,11 @@ async fn replay_requeues_settled_events_for_one_subscription_marked_replay() {
     let lease = lease_of(&bus, "a", "k").await;
     let batch: Vec<_> = (0..5).map(|_| append("attendance.marked", "k")).collect();
     bus.append(batch).await.unwrap();
-    let got = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let got = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     let settle: Vec<_> = got[..3]
         .iter()
         .map(|d| handled(d.event.position, &d.event.envelope.id))
@@ -153,7 +166,11 @@ async fn replay_requeues_settled_events_for_one_subscription_marked_replay() {
         "positions 2 and 3: settled; 4 and 5 are delivered anyway"
     );
     let lease = lease_of(&bus, "a", "k").await;
-    let again = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let again = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     let replays: Vec<_> = again
         .iter()
         .filter(|d| d.replay)
@@ -162,7 +179,11 @@ async fn replay_requeues_settled_events_for_one_subscription_marked_replay() {
     assert_eq!(replays, [2, 3]);
     assert!(again[0].replay, "replayed entries come first");
     let after = again[1].requeue_id.unwrap();
-    let rest = bus.fetch(&lease, lease.cursor, after, 10).await.unwrap();
+    let rest = bus
+        .fetch(&lease, lease.cursor, after, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert!(
         rest.iter().all(|d| !d.replay),
         "entries up to after_requeue are not repeated"
@@ -176,7 +197,11 @@ async fn replay_requeues_settled_events_for_one_subscription_marked_replay() {
     bus.settle(&lease, vec![settle], lease.cursor)
         .await
         .unwrap();
-    let left = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let left = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(
         left.iter().filter(|d| d.replay).count(),
         1,
@@ -184,7 +209,7 @@ async fn replay_requeues_settled_events_for_one_subscription_marked_replay() {
     );
 
     let b = lease_of(&bus, "b", "k").await;
-    let b_got = bus.fetch(&b, b.cursor, 0, 10).await.unwrap();
+    let b_got = bus.fetch(&b, b.cursor, 0, 10).await.unwrap().deliveries;
     assert!(b_got.iter().all(|d| !d.replay));
     assert!(
         bus.audit(10)
@@ -214,7 +239,11 @@ async fn trim_never_removes_what_a_subscription_has_not_settled() {
     assert_eq!(bus.trim(later).await.unwrap(), 0, "nobody settled anything");
 
     let lease = lease_of(&bus, "all", "k").await;
-    let got = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let got = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     let settle: Vec<_> = got
         .iter()
         .map(|d| handled(d.event.position, &d.event.envelope.id))
@@ -230,7 +259,7 @@ async fn trim_never_removes_what_a_subscription_has_not_settled() {
 
     let earlier = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3600);
     let g = lease_of(&bus, "grades", "k").await;
-    let got = bus.fetch(&g, g.cursor, 0, 10).await.unwrap();
+    let got = bus.fetch(&g, g.cursor, 0, 10).await.unwrap().deliveries;
     bus.settle(&g, vec![handled(2, &got[0].event.envelope.id)], 2)
         .await
         .unwrap();

@@ -61,7 +61,11 @@ async fn an_expired_consumer_loses_its_partitions_and_its_stale_settle_commits_n
         .unwrap();
     assert_eq!(a.len(), 16);
     let (event, lease) = append_in(&bus, "student-1", &a).await;
-    let fetched = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let fetched = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(fetched.len(), 1);
 
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -98,7 +102,11 @@ async fn an_expired_consumer_loses_its_partitions_and_its_stale_settle_commits_n
         "a stale lease cannot fetch either"
     );
 
-    let redelivered = bus.fetch(taken, taken.cursor, 0, 10).await.unwrap();
+    let redelivered = bus
+        .fetch(taken, taken.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(
         redelivered[0].delivery_count, 2,
         "the interrupted delivery counts"
@@ -130,7 +138,11 @@ async fn a_stalled_partition_is_claimed_and_the_attempt_carries_over() {
         .await
         .unwrap();
     let (event, lease) = append_in(&bus, "student-7", &a).await;
-    let first = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let first = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(first[0].delivery_count, 1);
 
     let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5);
@@ -147,7 +159,11 @@ async fn a_stalled_partition_is_claimed_and_the_attempt_carries_over() {
         .expect("claimed");
     assert!(claimed.epoch > lease.epoch);
 
-    let again = bus.fetch(claimed, claimed.cursor, 0, 10).await.unwrap();
+    let again = bus
+        .fetch(claimed, claimed.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].event.envelope.id, event.envelope.id);
     assert_eq!(again[0].delivery_count, 2, "the stalled attempt counts");

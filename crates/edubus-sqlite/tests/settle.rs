@@ -63,7 +63,11 @@ async fn work_caused_events_and_inbox_commit_together_and_a_failure_rolls_back_a
     let lease = lease_of(&bus, "s", "k").await;
     let events: Vec<_> = (0..3).map(|_| append("attendance.marked", "k")).collect();
     bus.append(events.clone()).await.unwrap();
-    let got = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let got = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     let (p, id): (Vec<u64>, Vec<String>) = got
         .iter()
         .map(|d| (d.event.position, d.event.envelope.id.clone()))
@@ -119,7 +123,11 @@ async fn failures_survive_and_count_until_settled() {
     bus.register(&spec("s", &[])).await.unwrap();
     let lease = lease_of(&bus, "s", "k").await;
     bus.append(vec![append("a.happened", "k")]).await.unwrap();
-    let got = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let got = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     let position = got[0].event.position;
     for number in 1..=2 {
         let attempt = Attempt {
@@ -130,7 +138,11 @@ async fn failures_survive_and_count_until_settled() {
         };
         bus.record_failure(&lease, position, attempt).await.unwrap();
     }
-    let again = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let again = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(again[0].delivery_count, 3);
     let history = bus.failures("s", position).await.unwrap();
     assert_eq!(history.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
@@ -161,7 +173,11 @@ async fn stats_and_states_follow_deliveries() {
     assert_eq!((stats.lag, stats.pending, stats.dlq_depth), (2, 0, 0));
     assert!(stats.last_event_at.is_some());
 
-    let got = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let got = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(got.len(), 2, "only the subscribed type");
     assert_eq!(bus.stats().await.unwrap()[0].pending, 2);
     let (first, second) = (&got[0].event, &got[1].event);
@@ -214,10 +230,15 @@ async fn a_subscription_from_the_end_skips_earlier_events() {
         bus.fetch(&lease, lease.cursor, 0, 10)
             .await
             .unwrap()
+            .deliveries
             .is_empty()
     );
     bus.append(vec![append("a.happened", "k")]).await.unwrap();
-    let got = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let got = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(got[0].event.position, 2);
     let first = bus.read(ReadQuery::default()).await.unwrap();
     let states = bus.states(&first[..1]).await.unwrap();
@@ -247,7 +268,11 @@ async fn lag_stays_exact_across_registration_settlement_and_other_processes() {
     assert_eq!(lag(bus.clone()).await, 5, "recounted when the types change");
 
     let lease = lease_of(&bus, "s", "k0").await;
-    let got = bus.fetch(&lease, lease.cursor, 0, 10).await.unwrap();
+    let got = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
     assert_eq!(got.len(), 2, "k0 has one event of each type");
     let last = got[1].event.position;
     let caused = Settlement {

@@ -243,7 +243,7 @@ async fn a_second_process_sees_appends_through_wait_and_head() {
         let two = two.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            two.wait(0, Duration::from_secs(10)).await;
+            two.wait(None, 0, Duration::from_secs(10)).await;
             started.elapsed()
         })
     };
@@ -256,7 +256,7 @@ async fn a_second_process_sees_appends_through_wait_and_head() {
     );
     assert_eq!(two.head().await.unwrap(), 1);
     // A wait for a position already reached returns at once.
-    two.wait(0, Duration::from_secs(10)).await;
+    two.wait(None, 0, Duration::from_secs(10)).await;
     // Both processes write to the same log.
     let appended = two.append(vec![append("a.happened", "k2")]).await.unwrap();
     assert_eq!(appended[0].position, 2);

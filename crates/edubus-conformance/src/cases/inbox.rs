@@ -93,7 +93,11 @@ pub async fn inbox_skips_redelivery_after_lease_expiry<H: Harness>(
     let fx = Fixture::new(&h).await?;
     let published = same_partition_pair(&fx).await?;
     let lease = manual_lease(&fx, "inbox", &ConsumerId("gone".into())).await?;
-    let fetched = fx.backend().fetch(&lease, lease.cursor, 0, 10).await?;
+    let fetched = fx
+        .backend()
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await?
+        .deliveries;
     ensure!(fetched.len() == 2, "fetched {} deliveries", fetched.len());
     let (p1, second) = (published[0].position, &published[1]);
     let work = h.record("inbox", &key(second.key), second.seq, &second.id);

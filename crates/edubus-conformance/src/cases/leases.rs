@@ -153,7 +153,11 @@ pub async fn settlement_with_a_stale_lease_is_rejected<H: Harness>(
         ..test_lease()
     };
     let old = await_lease(&fx, "old", partition, short).await?;
-    let fetched = fx.backend().fetch(&old, old.cursor, 0, 10).await?;
+    let fetched = fx
+        .backend()
+        .fetch(&old, old.cursor, 0, 10)
+        .await?
+        .deliveries;
     ensure!(
         fetched.len() == 1 && fetched[0].delivery_count == 1,
         "{fetched:?}"
@@ -178,7 +182,11 @@ pub async fn settlement_with_a_stale_lease_is_rejected<H: Harness>(
         fx.observations("fenced").await?.is_empty(),
         "the stale settlement left an effect"
     );
-    let again = fx.backend().fetch(&new, new.cursor, 0, 10).await?;
+    let again = fx
+        .backend()
+        .fetch(&new, new.cursor, 0, 10)
+        .await?
+        .deliveries;
     let count = again
         .first()
         .context("redelivery to the new owner")?

@@ -194,7 +194,7 @@ async fn follow<B: Backend>(
     printer: &Printer,
 ) -> anyhow::Result<()> {
     loop {
-        backend.wait(*cursor, Duration::from_secs(1)).await;
+        backend.wait(None, *cursor, Duration::from_secs(1)).await;
         loop {
             let (page, upto) = read_page(backend, &query, *cursor).await?;
             let full = page.len() >= query.limit;
