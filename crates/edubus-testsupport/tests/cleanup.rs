@@ -1,7 +1,7 @@
 //! The shared servers are stopped and their directories removed when the test binary exits.
 //!
-//! The check runs this same test binary as a child process that starts both shared servers and
-//! prints where they are, then watches them disappear after the child exits.
+//! The check runs `edubus-testsupport-child`, a process that starts both shared servers and
+//! prints where they are, then watches them disappear after it exits.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -9,35 +9,9 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use edubus_testsupport::{postgres, redis};
-
-const CHILD_ENV: &str = "EDUBUS_TESTSUPPORT_CLEANUP_CHILD";
-
-#[test]
-#[ignore = "the child half of `servers_stop_when_the_test_binary_exits`"]
-fn child_starts_the_shared_servers() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
-    for (name, port, dir) in [
-        ("redis", redis().port(), redis().dir()),
-        ("postgres", postgres().port(), postgres().dir()),
-    ] {
-        println!("SERVER {name} {port} {}", dir.display());
-    }
-}
-
 #[test]
 fn servers_stop_when_the_test_binary_exits() {
-    let exe = std::env::current_exe().unwrap();
-    let output = Command::new(exe)
-        .args([
-            "--exact",
-            "child_starts_the_shared_servers",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, "1")
+    let output = Command::new(env!("CARGO_BIN_EXE_edubus-testsupport-child"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
