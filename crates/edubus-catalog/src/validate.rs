@@ -23,6 +23,10 @@ pub struct Validator {
     /// instead of on the first event, and validation needs no lock or lazy cell. A catalog of a
     /// few hundred versions compiles in milliseconds.
     schemas: HashMap<String, BTreeMap<u32, jsonschema::Validator>>,
+    /// Canonical name to its versions (ascending) as (context, event) indexes into `catalog`,
+    /// and aliases to the version they pin: the hot path resolves without scanning.
+    by_name: HashMap<String, Vec<(usize, usize)>>,
+    by_alias: HashMap<String, (usize, usize)>,
 }
 
 impl fmt::Debug for Validator {
@@ -110,6 +114,29 @@ pub struct SchemaCompileError {
     pub reason: String,
 }
 
+/// The name and alias indexes of [`Validator`].
+type Indexes = (
+    HashMap<String, Vec<(usize, usize)>>,
+    HashMap<String, (usize, usize)>,
+);
+
+fn index(catalog: &Catalog) -> Indexes {
+    let mut by_name: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    let mut by_alias = HashMap::new();
+    for (c, ctx) in catalog.contexts.iter().enumerate() {
+        for (e, event) in ctx.events.iter().enumerate() {
+            by_name.entry(event.name.clone()).or_default().push((c, e));
+            for alias in &event.aliases {
+                by_alias.insert(alias.clone(), (c, e));
+            }
+        }
+    }
+    for versions in by_name.values_mut() {
+        versions.sort_by_key(|&(c, e)| catalog.contexts[c].events[e].version);
+    }
+    (by_name, by_alias)
+}
+
 impl Validator {
     /// Compiles the schema of every event version of `catalog` (format validation on).
     pub fn new(catalog: &Catalog) -> Result<Self, SchemaCompileError> {
@@ -127,7 +154,25 @@ impl Validator {
             versions.insert(event.version, compiled);
         }
         let catalog = catalog.clone();
-        Ok(Self { catalog, schemas })
+        let (by_name, by_alias) = index(&catalog);
+        Ok(Self {
+            catalog,
+            schemas,
+            by_name,
+            by_alias,
+        })
+    }
+
+    fn at(&self, (c, e): (usize, usize)) -> &EventSpec {
+        &self.catalog.contexts[c].events[e]
+    }
+
+    /// Every version of `name`, ascending.
+    fn versions_of(&self, name: &str) -> Vec<&EventSpec> {
+        self.by_name
+            .get(name)
+            .map(|v| v.iter().map(|i| self.at(*i)).collect())
+            .unwrap_or_default()
     }
 
     /// The catalog this validator checks against.
@@ -147,6 +192,13 @@ impl Validator {
 
     /// Canonical name, the version the name pins (alias, single-version topic) and the match.
     fn lookup(&self, name: &str) -> Result<(&str, Option<&EventSpec>, Via), ValidationError> {
+        if let Some(latest) = self.by_name.get(name).and_then(|v| v.last()) {
+            return Ok((&self.at(*latest).name, None, Via::Canonical));
+        }
+        if let Some(pinned) = self.by_alias.get(name) {
+            let event = self.at(*pinned);
+            return Ok((&event.name, Some(event), Via::Alias));
+        }
         match resolve(&self.catalog, name) {
             Ok(r) if r.via == Via::Canonical => Ok((&r.event.name, None, r.via)),
             Ok(r) => Ok((&r.event.name, Some(r.event), r.via)),
@@ -187,7 +239,7 @@ impl Validator {
             (None, Some(v)) => Some((v, "/dataschema")),
             (None, None) => None,
         };
-        let versions = self.catalog.versions(name);
+        let versions = self.versions_of(name);
         match (requested, pinned, versions.as_slice()) {
             (Some((v, pointer)), _, _) => versions
                 .iter()
@@ -218,10 +270,11 @@ impl Validator {
         else {
             return Ok(None);
         };
-        let same_event = self
-            .catalog
-            .resolve(schema_name)
-            .is_ok_and(|e| e.name == name);
+        let same_event = schema_name == name
+            || self
+                .catalog
+                .resolve(schema_name)
+                .is_ok_and(|e| e.name == name);
         let reason = if !same_event {
             format!("names the schema of `{schema_name}`, but `type` is `{name}`")
         } else if env.schemaversion.is_some_and(|v| v != version) {
