@@ -308,7 +308,7 @@ impl Validator {
             (other, _) => {
                 let reason = format!(
                     "expected the payload as a JSON object, found {}",
-                    json_type(other)
+                    edubus_core::envelope::json_type_name(other)
                 );
                 vec![Issue::new("/data", reason)]
             }
@@ -418,7 +418,7 @@ fn describe(
         ValidationErrorKind::Type { .. } => one(format!(
             "expected {}, found {}",
             expected(),
-            json_type(err.instance())
+            edubus_core::envelope::json_type_name(err.instance())
         )),
         ValidationErrorKind::Format { format } => {
             one(format!("invalid {format} format: expected {}", expected()))
@@ -484,18 +484,6 @@ fn values(options: &Value) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         other => other.to_string(),
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

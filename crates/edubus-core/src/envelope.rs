@@ -614,8 +614,8 @@ impl Reader<'_> {
     }
 }
 
-/// The JSON type of `value`, for messages.
-pub(crate) fn json_type_name(value: &Value) -> &'static str {
+/// The JSON type of `value` with its article (`an integer`), for error messages.
+pub fn json_type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
