@@ -8,8 +8,7 @@ use std::sync::OnceLock;
 use tempfile::TempDir;
 
 use crate::process::{
-    INSTALL_HINT, PORT_ATTEMPTS, StartError, Watchdog, argv, find_program, free_port, is_root,
-    log_len,
+    self, INSTALL_HINT, StartError, Watchdog, argv, find_program, is_root, log_len,
 };
 
 /// The PostgreSQL cluster shared by every test of this test binary, started on first use.
@@ -150,16 +149,12 @@ impl PgServer {
         }
     }
 
-    /// Picks free ports until one start succeeds (another process can take a port in between).
+    /// Starts on a free port, retrying on a port collision.
     fn start_on_a_free_port(&mut self) {
-        for attempt in 1..=PORT_ATTEMPTS {
-            self.port = free_port();
-            match self.launch() {
-                Ok(()) => return,
-                Err(StartError::PortInUse(_)) if attempt < PORT_ATTEMPTS => continue,
-                Err(err) => panic!("PostgreSQL did not start on port {}: {err}", self.port),
-            }
-        }
+        process::start_on_a_free_port("PostgreSQL", |port| {
+            self.port = port;
+            self.launch()
+        });
     }
 
     /// Runs `pg_ctl start -w`, which returns once the server accepts connections.

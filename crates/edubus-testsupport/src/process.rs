@@ -62,6 +62,22 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// Starts a server on fresh free ports until one start succeeds (another process can take a
+/// port in between): `launch` sets the port, starts the server and waits until it is ready.
+pub(crate) fn start_on_a_free_port(
+    name: &str,
+    mut launch: impl FnMut(u16) -> Result<(), StartError>,
+) {
+    for attempt in 1..=PORT_ATTEMPTS {
+        let port = free_port();
+        match launch(port) {
+            Ok(()) => return,
+            Err(StartError::PortInUse(_)) if attempt < PORT_ATTEMPTS => continue,
+            Err(err) => panic!("{name} did not start on port {port}: {err}"),
+        }
+    }
+}
+
 /// The size of a log file now, so a later read can take only what was written after.
 pub(crate) fn log_len(log: &Path) -> u64 {
     std::fs::metadata(log).map(|meta| meta.len()).unwrap_or(0)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::process::{INSTALL_HINT, PORT_ATTEMPTS, StartError, Watchdog, free_port, log_len};
+use crate::process::{self, INSTALL_HINT, StartError, Watchdog, log_len};
 
 /// How long a server may take to answer PING after it was spawned (loading a large AOF counts).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -150,16 +150,12 @@ impl RedisServer {
         }
     }
 
-    /// Picks free ports until one start succeeds (another process can take a port in between).
+    /// Starts on a free port, retrying on a port collision.
     fn start_on_a_free_port(&mut self) {
-        for attempt in 1..=PORT_ATTEMPTS {
-            self.port = free_port();
-            match self.launch() {
-                Ok(()) => return,
-                Err(StartError::PortInUse(_)) if attempt < PORT_ATTEMPTS => continue,
-                Err(err) => panic!("redis-server did not start on port {}: {err}", self.port),
-            }
-        }
+        process::start_on_a_free_port("redis-server", |port| {
+            self.port = port;
+            self.launch()
+        });
     }
 
     /// Spawns `redis-server` and waits until it answers PING as itself.
