@@ -20,6 +20,12 @@ command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs np
 if ! command -v redis-server >/dev/null || ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
   apt_install redis-server postgresql
 fi
+# The HTTP gateway's tests run a Python client built on the CloudEvents SDK.
+command -v python3 >/dev/null || apt_install python3 python3-pip
+if ! python3 -c 'import cloudevents, requests' 2>/dev/null; then
+  python3 -m pip install --quiet cloudevents requests \
+    || python3 -m pip install --quiet --break-system-packages cloudevents requests
+fi
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
 
 step "installing the AsyncAPI parser (npm)"

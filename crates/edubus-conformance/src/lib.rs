@@ -6,6 +6,7 @@ pub mod events;
 pub mod fixture;
 pub mod harness;
 pub mod process;
+pub mod production;
 pub mod script;
 pub mod sqlite;
 

@@ -86,6 +86,24 @@ pub trait EventStore: Send + Sync + 'static {
     fn head(&self) -> impl Future<Output = Result<Position>> + Send;
 }
 
+/// One action of the audit trail (DLQ replay and purge, replays of stored events, ...): an
+/// append-only record every backend keeps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    /// Entry id, increasing.
+    pub id: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// Who did it (a user, a token name or `edubus`).
+    pub actor: String,
+    /// What was done: `dlq.list`, `dlq.get`, `dlq.replay`, `dlq.purge`, `replay`, ...
+    pub action: String,
+    /// What it was done to (a subscription, DLQ entry ids).
+    pub subject: String,
+    /// Parameters and results of the action.
+    pub detail: serde_json::Value,
+}
+
 /// The partition of `key` among `partitions`: FNV-1a 64, stable across processes and backends.
 pub fn partition_of(key: &str, partitions: u32) -> u32 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

@@ -6,10 +6,10 @@
 //! 2. [`Transport::rebalance`] every few seconds: it renews the consumer's membership and
 //!    leases, takes free, expired or stalled partitions and gives up partitions beyond its fair
 //!    share. A lease carries a fencing `epoch`; a lease taken over gets a new one.
-//! 3. for each leased partition, [`Transport::fetch`] deliveries after the last position it has
-//!    seen (initially the lease's `cursor`), runs handlers, and [`Transport::settle`]s finished
-//!    deliveries in batches with the new cursor: the highest position up to which every fetched
-//!    delivery is settled. Settling with a stale epoch fails with `Conflict` and commits nothing.
+//! 3. for each leased partition, [`Transport::fetch`] deliveries after the last sequence number
+//!    it has seen (initially the lease's `cursor`), runs handlers, and [`Transport::settle`]s
+//!    finished deliveries in batches with the new cursor: the highest sequence number up to
+//!    which every fetched delivery is settled. Settling with a stale epoch fails with `Conflict` and commits nothing.
 //! 4. a failed attempt is recorded with [`Transport::record_failure`] so the delivery count
 //!    survives a crash; after the last attempt the delivery is settled as dead.
 
@@ -20,7 +20,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::store::{Append, Position, Recorded};
+use crate::store::{Append, EventStore, Position, Recorded};
 
 /// Where a new subscription starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -78,8 +78,8 @@ pub struct Lease {
     pub partition: u32,
     /// Fencing token: increases every time the partition changes owner.
     pub epoch: u64,
-    /// Every matching event at or below this position is settled.
-    pub cursor: Position,
+    /// Every delivery at or below this sequence number ([`Delivery::seq`]) is settled.
+    pub cursor: u64,
 }
 
 /// One event handed to a consumer.
@@ -87,6 +87,11 @@ pub struct Lease {
 pub struct Delivery {
     /// The stored event.
     pub event: Recorded,
+    /// The transport's order of this delivery within its lease, strictly increasing across the
+    /// fetches of one lease: what `after`, `scanned_to` and cursors count in. The embedded
+    /// backend uses the log position; a broker whose streams interleave (Redis) numbers its
+    /// deliveries itself.
+    pub seq: u64,
     /// How many times it has been delivered to this subscription, this one included.
     pub delivery_count: u32,
     /// Redelivered by a replay or a DLQ replay (the envelope's `replay` extension is set too).
@@ -104,9 +109,9 @@ pub struct Delivery {
 pub struct Fetched {
     /// The deliveries, replayed ones first.
     pub deliveries: Vec<Delivery>,
-    /// Every matching log event of the partition at or below this position is in
-    /// `deliveries` or was at or below `after`: the next fetch may start here.
-    pub scanned_to: Position,
+    /// Every delivery of the partition up to this sequence number is in `deliveries` or was
+    /// at or below `after`: the next fetch may start here.
+    pub scanned_to: u64,
 }
 
 /// One failed attempt, kept in the dead-letter entry's history.
@@ -156,8 +161,10 @@ pub enum Outcome<W> {
 /// A finished delivery handed back to the transport.
 #[derive(Debug)]
 pub struct Settlement<W> {
-    /// Its position.
+    /// Its position in the log.
     pub position: Position,
+    /// Its [`Delivery::seq`].
+    pub seq: u64,
     /// Its event id.
     pub event_id: String,
     /// The replay queue entry to remove, for replayed deliveries.
@@ -274,11 +281,12 @@ pub trait Transport: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Up to `max` deliveries of the lease's partition: replay-queue entries with an id above
-    /// `after_requeue` first (by id), then matching events after position `after` (by position).
+    /// `after_requeue` first (by id), then deliveries after sequence number `after` (by
+    /// [`Delivery::seq`]).
     fn fetch(
         &self,
         lease: &Lease,
-        after: Position,
+        after: u64,
         after_requeue: u64,
         max: usize,
     ) -> impl Future<Output = Result<Fetched>> + Send;
@@ -297,7 +305,7 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         lease: &Lease,
         settlements: Vec<Settlement<Self::Work>>,
-        cursor: Position,
+        cursor: u64,
     ) -> impl Future<Output = Result<Vec<Result<()>>>> + Send;
 
     /// Records a failed attempt so the delivery count and history survive a crash.
@@ -315,12 +323,13 @@ pub trait Transport: Send + Sync + 'static {
         position: Position,
     ) -> impl Future<Output = Result<Vec<Attempt>>> + Send;
 
-    /// Returns when events after position `after` may exist in `partition` (any partition
-    /// when `None`), or after `timeout`. Spurious returns are allowed.
+    /// Returns when deliveries after sequence number `after` (a fetch's `scanned_to`) may exist
+    /// in `partition` (any partition when `None`), or after `timeout`. Spurious returns are
+    /// allowed.
     fn wait(
         &self,
         partition: Option<u32>,
-        after: Position,
+        after: u64,
         timeout: Duration,
     ) -> impl Future<Output = ()> + Send;
 
@@ -373,3 +382,9 @@ pub trait Replay: Send + Sync + 'static {
         actor: &str,
     ) -> impl Future<Output = Result<u64>> + Send;
 }
+
+/// Every role a complete deployment plays: store, transport, dead letters and replay. The
+/// HTTP gateway, the command line and the conformance suite run on any such backend.
+pub trait Backend: EventStore + Transport + DeadLetterQueue + Replay + Clone {}
+
+impl<T: EventStore + Transport + DeadLetterQueue + Replay + Clone> Backend for T {}

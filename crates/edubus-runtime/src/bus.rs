@@ -85,7 +85,18 @@ impl<B: EventStore + Transport> Bus<B> {
             .into_iter()
             .map(|env| self.prepare(env))
             .collect::<Result<Vec<_>>>()?;
-        self.inner.backend.append(batch).await
+        let types: Vec<String> = batch
+            .iter()
+            .map(|a| a.envelope.event_type.clone())
+            .collect();
+        let appended = self.inner.backend.append(batch).await?;
+        for (done, event_type) in appended.iter().zip(types) {
+            if !done.duplicate {
+                metrics::counter!("eventbus_published_total", "event_type" => event_type)
+                    .increment(1);
+            }
+        }
+        Ok(appended)
     }
 
     /// Validates an envelope against the catalog and normalizes it for the log: canonical

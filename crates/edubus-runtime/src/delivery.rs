@@ -8,6 +8,7 @@ use edubus_core::{
     Append, Attempt, DeadLetter, DeadReason, Delivery, Envelope, EventStore, Lease, Transport,
 };
 use jiff::Timestamp;
+use tracing::Instrument as _;
 
 use crate::handler::{HandlerContext, Staged};
 use crate::partition::Busy;
@@ -73,7 +74,19 @@ pub(crate) async fn deliver<B: EventStore + Transport>(
         };
     };
     let beat = Beat { busy: &busy, token };
-    let finished = attempts(&sub, &lease, &delivery, start, &beat).await;
+    let env = &delivery.event.envelope;
+    let span = tracing::info_span!(
+        "handle_event",
+        subscription = %sub.name,
+        event_type = %env.event_type,
+        event_id = %env.id,
+        correlation_id = %env.correlation_id(),
+        traceparent = %env.traceparent.as_deref().unwrap_or_default(),
+        position = delivery.event.position,
+    );
+    let finished = attempts(&sub, &lease, &delivery, start, &beat)
+        .instrument(span)
+        .await;
     beat.done();
     Done {
         delivery,
@@ -150,9 +163,18 @@ async fn attempts<B: EventStore + Transport>(
             return dead(sub, delivery, DeadReason::Exhausted, error).await;
         }
         beat.now();
-        match run_once(sub, delivery, attempt).await {
+        let started = std::time::Instant::now();
+        let result = run_once(sub, delivery, attempt).await;
+        metrics::histogram!(
+            "eventbus_processing_duration_seconds",
+            "event_type" => delivery.event.envelope.event_type.clone(),
+            "subscription" => sub.name.to_string(),
+        )
+        .record(started.elapsed().as_secs_f64());
+        match result {
             Ok(staged) => {
                 sub.stats.handled.fetch_add(1, Ordering::Relaxed);
+                count("eventbus_consumed_total", sub, delivery);
                 return Finished::Handled {
                     work: staged.work,
                     caused: staged.caused,
@@ -178,6 +200,7 @@ async fn failed<B: EventStore + Transport>(
     failure: Failure,
 ) -> Option<Finished<B::Work>> {
     sub.stats.failed.fetch_add(1, Ordering::Relaxed);
+    count("eventbus_failed_total", sub, delivery);
     let error = match failure {
         Failure::Final(reason, error) => return Some(dead(sub, delivery, reason, error).await),
         Failure::Transient(error) => error,
@@ -200,6 +223,7 @@ async fn failed<B: EventStore + Transport>(
         return Some(dead(sub, delivery, DeadReason::Exhausted, error).await);
     }
     sub.stats.retried.fetch_add(1, Ordering::Relaxed);
+    count("eventbus_retry_total", sub, delivery);
     tracing::debug!(subscription = %sub.name, attempt, %error, "handler failed; retrying");
     tokio::time::sleep(sub.options.retry.delay(attempt)).await;
     None
@@ -241,7 +265,8 @@ async fn run_once<B: EventStore + Transport>(
     let fut = handler
         .call(&env.data, ctx)
         .map_err(|e| Failure::Final(DeadReason::Undecodable, e))?;
-    let mut task = AbortOnDrop(tokio::spawn(fut));
+    // The handler runs in its own task; it keeps the delivery's span.
+    let mut task = AbortOnDrop(tokio::spawn(fut.instrument(tracing::Span::current())));
     match (&mut task.0).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) if e.is_permanent() => {
@@ -266,6 +291,7 @@ async fn dead<B: EventStore + Transport>(
     error: String,
 ) -> Finished<B::Work> {
     sub.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    count("eventbus_dlq_total", sub, d);
     let attempts = sub
         .bus
         .backend()
@@ -300,4 +326,14 @@ fn letter<B: EventStore + Transport>(
         event_id: env.id.clone(),
         event_type: env.event_type.clone(),
     }
+}
+
+/// Counts one outcome in the Prometheus counter `name` (seed 002's `eventbus_*` names).
+fn count<B: EventStore + Transport>(name: &'static str, sub: &SubState<B>, d: &Delivery) {
+    metrics::counter!(
+        name,
+        "event_type" => d.event.envelope.event_type.clone(),
+        "subscription" => sub.name.to_string(),
+    )
+    .increment(1);
 }

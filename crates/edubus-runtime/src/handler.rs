@@ -1,4 +1,4 @@
-//! Typed handlers, their context and their errors.
+//! Typed and envelope handlers, their context and their errors.
 
 use std::fmt;
 use std::future::Future;
@@ -214,5 +214,23 @@ where
         let event = E::deserialize(data)
             .map_err(|e| format!("cannot decode {} v{}: {e}", E::NAME, E::VERSION))?;
         Ok(Box::pin((self.f)(event, ctx)))
+    }
+}
+
+/// A handler of raw envelopes, whatever their type: it decodes nothing.
+pub(crate) struct Untyped<F>(pub(crate) F);
+
+impl<B, F, Fut> ErasedHandler<B> for Untyped<F>
+where
+    B: Transport,
+    F: Fn(Arc<Envelope>, HandlerContext<B>) -> Fut + Send + Sync,
+    Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+{
+    fn call(
+        &self,
+        _data: &Value,
+        ctx: HandlerContext<B>,
+    ) -> std::result::Result<HandlerFuture, String> {
+        Ok(Box::pin((self.0)(Arc::clone(&ctx.envelope), ctx)))
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edubus_core::{
-    Delivery, Error, EventStore, Fetched, Lease, Outcome, Position, Result, Settlement, Transport,
+    Delivery, Error, EventStore, Fetched, Lease, Outcome, Result, Settlement, Transport,
 };
 use jiff::Timestamp;
 use tokio::sync::watch;
@@ -81,6 +81,9 @@ pub(crate) fn run_partition<B: EventStore + Transport>(
 }
 
 type FetchResult = Result<Fetched>;
+
+/// How long a partition waits before fetching again after a failed fetch.
+const FETCH_RETRY: Duration = Duration::from_millis(200);
 type SettleBatch<W> = Vec<(Settlement<W>, Meta)>;
 type SettleResult = (Vec<Meta>, Result<Vec<Result<()>>>);
 
@@ -94,10 +97,11 @@ struct Part<B: Transport> {
     sub: Arc<SubState<B>>,
     lease: Lease,
     busy: Busy,
-    last_fetched: Position,
+    /// The highest [`Delivery::seq`] fetched.
+    last_fetched: u64,
     last_requeue: u64,
-    /// Fetched log positions not yet settled: the cursor stays below the lowest.
-    undone: BTreeSet<Position>,
+    /// Fetched sequence numbers not yet settled: the cursor stays below the lowest.
+    undone: BTreeSet<u64>,
     /// Ordered mode: deliveries waiting behind the running one of their key.
     queues: HashMap<Arc<str>, VecDeque<Delivery>>,
     requeued: HashSet<u64>,
@@ -147,7 +151,9 @@ impl<B: EventStore + Transport> Part<B> {
                 res = wait_opt(&mut self.settling) => {
                     if !self.on_settled(res) { mode = Mode::Lost; }
                 }
-                res = wait_opt(&mut self.fetching), if mode == Mode::Run => self.on_fetched(res),
+                res = wait_opt(&mut self.fetching), if mode == Mode::Run => {
+                    if !self.on_fetched(res) { mode = Mode::Lost; }
+                }
                 () = sleep_until_opt(deadline) => self.running.abort_all(),
                 changed = mode_rx.changed() => {
                     let next = if changed.is_ok() { *mode_rx.borrow() } else { Mode::Drain };
@@ -182,10 +188,15 @@ impl<B: EventStore + Transport> Part<B> {
         let max = self.sub.options.batch_size;
         let partition = lease.partition;
         self.fetching = Some(tokio::spawn(async move {
-            let fetched = bus
-                .backend()
-                .fetch(&lease, after, after_requeue, max)
-                .await?;
+            let fetched = match bus.backend().fetch(&lease, after, after_requeue, max).await {
+                Ok(fetched) => fetched,
+                Err(e @ Error::Conflict { .. }) => return Err(e),
+                Err(e) => {
+                    // The backend is unreachable or failing: do not spin on it.
+                    tokio::time::sleep(FETCH_RETRY).await;
+                    return Err(e);
+                }
+            };
             if fetched.deliveries.is_empty() {
                 let idle = Duration::from_millis(250);
                 bus.backend()
@@ -196,19 +207,29 @@ impl<B: EventStore + Transport> Part<B> {
         }));
     }
 
-    fn on_fetched(&mut self, res: std::result::Result<FetchResult, tokio::task::JoinError>) {
+    /// Takes in what a fetch returned; false when the lease was lost.
+    fn on_fetched(
+        &mut self,
+        res: std::result::Result<FetchResult, tokio::task::JoinError>,
+    ) -> bool {
         let fetched = match res {
             Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                return tracing::warn!(subscription = %self.sub.name, error = %e, "fetch failed");
+            Ok(Err(Error::Conflict { message })) => {
+                tracing::info!(subscription = %self.sub.name, partition = self.lease.partition, %message, "lease lost");
+                return false;
             }
-            Err(_) => return,
+            Ok(Err(e)) => {
+                tracing::warn!(subscription = %self.sub.name, error = %e, "fetch failed");
+                return true;
+            }
+            Err(_) => return true,
         };
         for d in fetched.deliveries {
             self.accept(d);
         }
         // Every matching event up to `scanned_to` was handed out: none is missing below it.
         self.last_fetched = self.last_fetched.max(fetched.scanned_to);
+        true
     }
 
     fn accept(&mut self, d: Delivery) {
@@ -219,10 +240,10 @@ impl<B: EventStore + Transport> Part<B> {
                     return;
                 }
             }
-            None if d.event.position <= self.last_fetched => return,
+            None if d.seq <= self.last_fetched => return,
             None => {
-                self.last_fetched = d.event.position;
-                self.undone.insert(d.event.position);
+                self.last_fetched = d.seq;
+                self.undone.insert(d.seq);
             }
         }
         let key: Arc<str> = Arc::from(d.event.key.as_str());
@@ -266,6 +287,7 @@ impl<B: EventStore + Transport> Part<B> {
         };
         let settlement = Settlement {
             position: done.delivery.event.position,
+            seq: done.delivery.seq,
             event_id: done.delivery.event.envelope.id.clone(),
             requeue_id: done.delivery.requeue_id,
             outcome,
@@ -285,10 +307,10 @@ impl<B: EventStore + Transport> Part<B> {
             return;
         }
         let batch = std::mem::take(&mut self.to_settle);
-        let settling: HashSet<Position> = batch
+        let settling: HashSet<u64> = batch
             .iter()
             .filter(|(s, _)| s.requeue_id.is_none())
-            .map(|(s, _)| s.position)
+            .map(|(s, _)| s.seq)
             .collect();
         let cursor = self
             .undone
@@ -340,7 +362,7 @@ impl<B: EventStore + Transport> Part<B> {
                 self.requeued.remove(&id);
             }
             None => {
-                self.undone.remove(&meta.delivery.event.position);
+                self.undone.remove(&meta.delivery.seq);
             }
         }
         if self.sub.options.ordered {

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edubus_core::{
-    ConsumerId, Error, Event, EventStore, Lease, LeaseOptions, Result, SubscriptionSpec, Transport,
+    ConsumerId, Envelope, Error, Event, EventStore, Lease, LeaseOptions, Result, SubscriptionSpec,
+    Transport,
 };
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::bus::Bus;
-use crate::handler::{ErasedHandler, HandlerContext, HandlerError, Typed};
+use crate::handler::{ErasedHandler, HandlerContext, HandlerError, Typed, Untyped};
 use crate::options::SubscriptionOptions;
 use crate::partition::{PartitionHandle, run_partition};
 
@@ -184,6 +185,49 @@ impl<B: EventStore + Transport> WorkerBuilder<B> {
                 E::VERSION,
                 sub.name
             ));
+        }
+        self
+    }
+
+    /// Handles, in the subscription declared last, every catalog version of the named event
+    /// types (canonical names or aliases) as envelopes, without decoding them.
+    pub fn on_envelope<S, F, Fut>(mut self, types: &[S], handler: F) -> Self
+    where
+        S: AsRef<str>,
+        F: Fn(Arc<Envelope>, HandlerContext<B>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), HandlerError>> + Send + 'static,
+    {
+        let Some(sub) = self.subscriptions.last_mut() else {
+            self.error
+                .get_or_insert("envelope handler registered before any subscription".to_owned());
+            return self;
+        };
+        let catalog = self.bus.validator().catalog();
+        let mut names = std::collections::BTreeSet::new();
+        for ty in types {
+            match catalog.resolve(ty.as_ref()) {
+                Ok(spec) => names.insert(spec.name.as_str()),
+                Err(e) => {
+                    self.error
+                        .get_or_insert(format!("subscription `{}`: {e}", sub.name));
+                    return self;
+                }
+            };
+        }
+        let erased: Arc<dyn ErasedHandler<B>> = Arc::new(Untyped(handler));
+        for spec in names.into_iter().flat_map(|name| catalog.versions(name)) {
+            let label = format!("{}/{}.v{}", sub.name, spec.name, spec.version);
+            let entry = (label, Arc::clone(&erased));
+            if sub
+                .handlers
+                .insert((spec.name.clone(), spec.version), entry)
+                .is_some()
+            {
+                self.error.get_or_insert(format!(
+                    "two handlers for {} v{} in `{}`",
+                    spec.name, spec.version, sub.name
+                ));
+            }
         }
         self
     }

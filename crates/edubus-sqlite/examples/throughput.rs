@@ -126,6 +126,7 @@ async fn consume(bus: &SqliteBackend, total: u64) -> f64 {
                         .iter()
                         .map(|d| Settlement {
                             position: d.event.position,
+                            seq: d.seq,
                             event_id: d.event.envelope.id.clone(),
                             requeue_id: None,
                             outcome: Outcome::Handled {

@@ -1,31 +1,12 @@
 //! The audit trail: one immutable row per administrative action (DLQ list, show, replay,
 //! purge; replays of stored events).
 
-use edubus_core::Result;
-use jiff::Timestamp;
+use edubus_core::{AuditEntry, Result};
 use rusqlite::{Connection, Row, params};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::clock::{int, now_micros, timestamp, uint};
 use crate::error::{Db, from_json};
-
-/// One recorded action.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Entry id, increasing.
-    pub id: u64,
-    /// When it happened.
-    pub at: Timestamp,
-    /// Who did it (a user, a token name or `edubus`).
-    pub actor: String,
-    /// What was done: `dlq.list`, `dlq.get`, `dlq.replay`, `dlq.purge`, `replay`.
-    pub action: String,
-    /// What it was done to (a subscription, DLQ entry ids).
-    pub subject: String,
-    /// Parameters and results of the action.
-    pub detail: Value,
-}
 
 /// Actor recorded for reads that name none (the trait's `list` and `get`).
 pub(crate) const SYSTEM_ACTOR: &str = "edubus";

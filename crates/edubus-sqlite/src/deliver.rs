@@ -136,6 +136,7 @@ fn delivery(row: &rusqlite::Row<'_>, requeue_id: Option<u64>) -> rusqlite::Resul
         None => row.get(at + 10)?,
     };
     Ok(Delivery {
+        seq: event.position,
         event,
         delivery_count: attempts.saturating_add(1),
         replay: requeue_id.is_some(),

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use edubus_core::{Error, Result};
 pub use rusqlite;
 
-pub use audit::AuditEntry;
 pub use config::{Durability, SqliteConfig};
+pub use edubus_core::AuditEntry;
 pub use store::DEFAULT_READ_LIMIT;
 pub use transport::SqliteWork;
 pub use writer::WriterStats;

@@ -1,6 +1,7 @@
 //! The `edubus` command line.
 
 mod cli;
+mod config;
 mod workers;
 
 use std::process::ExitCode;

@@ -1,5 +1,5 @@
 //! The work `edubus serve` runs: the application's subscriptions with their typed handlers,
-//! and the built-in maintenance.
+//! the configured webhooks, and the built-in maintenance.
 //!
 //! A deployment adds its subscriptions in [`registry`], each followed by its handlers:
 //!
@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use edubus_core::{Error, EventStore, Result, Transport};
+use edubus_http::WebhookConfig;
 use edubus_runtime::{Bus, Worker, WorkerBuilder};
 use jiff::Timestamp;
 use tokio::sync::watch;
@@ -24,6 +25,8 @@ pub struct Settings {
     /// Trim transport entries older than this. Off by default: the embedded log is also the
     /// audit store and keeps everything.
     pub retention: Option<Duration>,
+    /// Webhook subscriptions (`[[webhook]]`), each run as a subscription of the worker.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// A built-in maintenance task.
@@ -49,10 +52,18 @@ pub struct Registry<B: Transport> {
     pub maintenance: Vec<Maintenance>,
 }
 
-/// The workers this binary registers. There is no application subscription yet; the
-/// maintenance is retention trimming when a retention is set.
-pub fn registry<B: EventStore + Transport>(bus: &Bus<B>, settings: &Settings) -> Registry<B> {
-    let worker = Worker::builder(bus.clone());
+/// The workers this binary registers: the configured webhooks (there is no application
+/// subscription yet); the maintenance is retention trimming when a retention is set. Fails on
+/// a webhook the catalog cannot serve.
+pub fn registry<B: EventStore + Transport>(
+    bus: &Bus<B>,
+    settings: &Settings,
+) -> Result<Registry<B>> {
+    let worker = edubus_http::webhook::register(
+        Worker::builder(bus.clone()),
+        bus.validator().catalog(),
+        &settings.webhooks,
+    )?;
     let maintenance = settings
         .retention
         .map(|keep| Maintenance::Retention {
@@ -61,11 +72,11 @@ pub fn registry<B: EventStore + Transport>(bus: &Bus<B>, settings: &Settings) ->
         })
         .into_iter()
         .collect();
-    Registry {
+    Ok(Registry {
         worker,
-        subscriptions: Vec::new(),
+        subscriptions: settings.webhooks.iter().map(|w| w.name.clone()).collect(),
         maintenance,
-    }
+    })
 }
 
 /// Trims run 24 times per retention period, at least every hour and at most every second.

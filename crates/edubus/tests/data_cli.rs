@@ -29,6 +29,10 @@ fn command(dir: &Path, args: &[&str]) -> Command {
         .args(args)
         .env_remove("EDUBUS_DATA")
         .env_remove("EDUBUS_CATALOG")
+        .env_remove("EDUBUS_CONFIG")
+        .env_remove("EDUBUS_POSTGRES_URL")
+        .env_remove("EDUBUS_REDIS_URL")
+        .env("EDUBUS_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null());
     cmd
 }

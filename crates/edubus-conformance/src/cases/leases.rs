@@ -127,9 +127,10 @@ async fn await_lease<H: Harness>(
     .await
 }
 
-fn handled<H: Harness>(h: &H, event: &Published) -> Settlement<crate::Work<H>> {
+fn handled<H: Harness>(h: &H, event: &Published, seq: u64) -> Settlement<crate::Work<H>> {
     Settlement {
         position: event.position,
+        seq,
         event_id: event.id.clone(),
         requeue_id: None,
         outcome: Outcome::Handled {
@@ -153,11 +154,7 @@ pub async fn settlement_with_a_stale_lease_is_rejected<H: Harness>(
         ..test_lease()
     };
     let old = await_lease(&fx, "old", partition, short).await?;
-    let fetched = fx
-        .backend()
-        .fetch(&old, old.cursor, 0, 10)
-        .await?
-        .deliveries;
+    let fetched = super::fetch_at_least(&fx, &old, 1).await?;
     ensure!(
         fetched.len() == 1 && fetched[0].delivery_count == 1,
         "{fetched:?}"
@@ -171,8 +168,8 @@ pub async fn settlement_with_a_stale_lease_is_rejected<H: Harness>(
     );
     let stale = fx.backend().settle(
         &old,
-        vec![handled(&*h, &published[0])],
-        published[0].position,
+        vec![handled(&*h, &published[0], fetched[0].seq)],
+        fetched[0].seq,
     );
     ensure!(
         matches!(stale.await, Err(Error::Conflict { .. })),
@@ -182,23 +179,17 @@ pub async fn settlement_with_a_stale_lease_is_rejected<H: Harness>(
         fx.observations("fenced").await?.is_empty(),
         "the stale settlement left an effect"
     );
-    let again = fx
-        .backend()
-        .fetch(&new, new.cursor, 0, 10)
-        .await?
-        .deliveries;
-    let count = again
-        .first()
-        .context("redelivery to the new owner")?
-        .delivery_count;
+    let again = super::fetch_at_least(&fx, &new, 1).await?;
+    let redelivered = again.first().context("redelivery to the new owner")?;
+    let count = redelivered.delivery_count;
     ensure!(
         count == 2,
         "delivery count after the lease moved: {count}, expected 2"
     );
     let results = fx.backend().settle(
         &new,
-        vec![handled(&*h, &published[0])],
-        published[0].position,
+        vec![handled(&*h, &published[0], redelivered.seq)],
+        redelivered.seq,
     );
     ensure!(results.await?.iter().all(Result::is_ok));
     check_in_order(&fx.observations("fenced").await?, &published)

@@ -62,3 +62,25 @@ fn round_robin(keys: u64, first: u64, count: u64) -> Vec<(u64, u64)> {
         .map(|seq| (seq % keys, seq))
         .collect()
 }
+
+/// Fetches from `lease` until at least `n` deliveries came (a transport fed by a relay sees
+/// published events a moment later), within [`WAIT`].
+async fn fetch_at_least<H: crate::harness::Harness>(
+    fx: &crate::fixture::Fixture<H>,
+    lease: &edubus_core::Lease,
+    n: usize,
+) -> anyhow::Result<Vec<edubus_core::Delivery>> {
+    use edubus_core::Transport as _;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut got: Vec<edubus_core::Delivery> = Vec::new();
+    while got.len() < n {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "fetched {} deliveries, expected {n}",
+            got.len()
+        );
+        let after = got.last().map_or(lease.cursor, |d| d.seq);
+        got.extend(fx.backend().fetch(lease, after, 0, 10).await?.deliveries);
+    }
+    Ok(got)
+}

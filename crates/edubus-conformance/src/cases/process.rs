@@ -117,15 +117,15 @@ pub async fn dead_process_leases_expire_and_move<H: Harness>(h: Arc<H>) -> anyho
     check_all(&fx, &published).await
 }
 
-/// The load case: 3 worker processes, 1,000 keys, 100,000 events published before
-/// and while they run, 5% random transient failures: every key's effects in publish order,
+/// The load case: 3 worker processes, 1,000 keys, [`Harness::load_events`] events
+/// (100,000 by default) published before and while they run, 5% random transient failures: every key's effects in publish order,
 /// each exactly once, none missing.
 pub async fn three_processes_keep_key_order_under_failures<H: Harness>(
     h: Arc<H>,
 ) -> anyhow::Result<()> {
     const KEYS: u64 = 1000;
-    const EVENTS: u64 = 100_000;
     const BATCH: u64 = 1000;
+    let events = h.load_events();
     let fx = Fixture::new(&h).await?;
     let binary = worker_binary(&*h)?;
     let mut rng = fastrand::Rng::with_seed(2024);
@@ -135,7 +135,7 @@ pub async fn three_processes_keep_key_order_under_failures<H: Harness>(
             .collect()
     };
     let mut published = Vec::new();
-    for first in (0..EVENTS / 5).step_by(BATCH as usize) {
+    for first in (0..events / 5).step_by(BATCH as usize) {
         published.extend(fx.publish(&batch(first)).await?);
     }
     let mut workers = Vec::new();
@@ -144,10 +144,10 @@ pub async fn three_processes_keep_key_order_under_failures<H: Harness>(
         (args.keys, args.fail_rate, args.seed, args.attempts) = (KEYS, 0.05, seed, 40);
         workers.push(WorkerProcess::spawn(&binary, &args)?);
     }
-    for first in (EVENTS / 5..EVENTS).step_by(BATCH as usize) {
+    for first in (events / 5..events).step_by(BATCH as usize) {
         published.extend(fx.publish(&batch(first)).await?);
     }
-    await_count(&fx, EVENTS, Duration::from_secs(120)).await?;
+    await_count(&fx, events, Duration::from_secs(120)).await?;
     for worker in workers {
         terminate(worker).await?;
     }

@@ -70,6 +70,7 @@ pub async fn leases(bus: &SqliteBackend, sub: &str, name: &str) -> Vec<Lease> {
 pub fn handled(position: u64, event_id: &str) -> Settlement<SqliteWork> {
     Settlement {
         position,
+        seq: position,
         event_id: event_id.to_owned(),
         requeue_id: None,
         outcome: Outcome::Handled {

@@ -25,26 +25,7 @@ pub fn actor() -> String {
     format!("cli:{user}")
 }
 
-/// Parses `90s`, `15m`, `12h`, `7d`, `2w` (or plain seconds) into a duration.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 90s, 15m, 12h or 7d"))?;
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        other => return Err(format!("unknown unit `{other}`: use s, m, h, d or w")),
-    };
-    Ok(Duration::from_secs(n.saturating_mul(seconds)))
-}
+pub use edubus_http::config::parse_duration;
 
 /// A duration the way people read it: `7d`, `12h`, `90s`, `250ms`.
 pub fn human_duration(d: Duration) -> String {

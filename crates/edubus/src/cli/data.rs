@@ -1,17 +1,107 @@
-//! The embedded deployment: a data directory holding one SQLite file, opened on demand.
+//! The deployment a command runs on: the embedded one (a data directory holding one SQLite
+//! file, opened on demand) or, when PostgreSQL and Redis are configured, the production one.
 
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
-use edubus_core::{DeadLetterQueue, EventStore, Replay, Transport};
+use edubus_catalog::Catalog;
+use edubus_core::Transport;
+use edubus_postgres::{PgConfig, RelayOptions};
+use edubus_redis::{Production, RedisConfig};
 use edubus_sqlite::{SqliteBackend, SqliteConfig};
 
-/// Everything the data commands need of a backend; the embedded SQLite one has it all.
-pub trait Backend: EventStore + Transport + DeadLetterQueue + Replay + Clone {}
+use crate::config::{Config, redact_url};
 
-impl<T: EventStore + Transport + DeadLetterQueue + Replay + Clone> Backend for T {}
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// Sets the configuration every command of this process uses.
+pub fn configure(config: Config) {
+    let _ = CONFIG.set(config);
+}
+
+/// The configuration of this process (the defaults if none was set).
+pub fn config() -> &'static Config {
+    CONFIG.get_or_init(Config::default)
+}
+
+/// An opened deployment.
+pub enum Opened {
+    /// The embedded SQLite deployment.
+    Embedded(SqliteBackend),
+    /// PostgreSQL + Redis Streams.
+    Production(Production),
+}
+
+/// Opens the configured deployment: production when its servers are configured (with a relay
+/// in this process when `relay` is set), else the embedded one in `dir`.
+pub async fn open_deployment(dir: &Path, catalog: &Catalog, relay: bool) -> anyhow::Result<Opened> {
+    let config = config();
+    let Some(urls) = config.production() else {
+        return Ok(Opened::Embedded(open(dir).await?));
+    };
+    let pg = PgConfig::new(&urls.postgres).with_partitions(config.partitions);
+    let redis = RedisConfig::new(&urls.redis)
+        .with_prefix(&config.redis_prefix)
+        .with_partitions(config.partitions)
+        .with_routes(routes(catalog));
+    let relay = relay.then(RelayOptions::default);
+    let backend = Production::open(pg, redis, relay).await.with_context(|| {
+        format!(
+            "cannot open the production deployment (PostgreSQL {}, Redis {})",
+            redact_url(&urls.postgres),
+            redact_url(&urls.redis)
+        )
+    })?;
+    Ok(Opened::Production(backend))
+}
+
+/// The stream of every event type of `catalog`.
+pub fn routes(catalog: &Catalog) -> BTreeMap<String, String> {
+    catalog
+        .events()
+        .map(|e| (e.name.clone(), e.topic.clone()))
+        .collect()
+}
+
+/// Where the configured deployment keeps its data, for people.
+pub fn describe(dir: &Path) -> String {
+    match config().production() {
+        Some(urls) => format!(
+            "PostgreSQL {} + Redis {}",
+            redact_url(&urls.postgres),
+            redact_url(&urls.redis)
+        ),
+        None => {
+            let db = db_file(dir);
+            std::path::absolute(&db).unwrap_or(db).display().to_string()
+        }
+    }
+}
+
+/// Opens the configured deployment, binds it to `$backend` for `$body` (a future) and closes
+/// it afterwards, whatever the outcome: the same command code runs on either deployment.
+macro_rules! with_backend {
+    ($dir:expr, $catalog:expr, relay = $relay:expr, |$backend:ident| $body:expr) => {
+        match $crate::cli::data::open_deployment($dir, $catalog, $relay).await? {
+            $crate::cli::data::Opened::Embedded(embedded) => {
+                let $backend = embedded.clone();
+                let result = $body.await;
+                $crate::cli::data::close(embedded).await;
+                result
+            }
+            $crate::cli::data::Opened::Production($backend) => $body.await,
+        }
+    };
+    ($dir:expr, $catalog:expr, |$backend:ident| $body:expr) => {
+        $crate::cli::data::with_backend!($dir, $catalog, relay = false, |$backend| $body)
+    };
+}
+pub(crate) use with_backend;
+
+pub use edubus_core::Backend;
 
 /// `--data DIR` after a command name; overrides the one before it (and `EDUBUS_DATA`).
 #[derive(Debug, Clone, clap::Args)]
@@ -46,16 +136,27 @@ pub async fn open(dir: &Path) -> anyhow::Result<SqliteBackend> {
         .with_context(|| format!("cannot open the edubus data in {}", dir.display()))
 }
 
-/// Opens the deployment in `dir`, runs `command` on it and closes it, whatever the outcome.
-pub async fn with_backend<F, Fut>(dir: &Path, command: F) -> anyhow::Result<ExitCode>
-where
-    F: FnOnce(SqliteBackend) -> Fut,
-    Fut: Future<Output = anyhow::Result<ExitCode>>,
-{
-    let backend = open(dir).await?;
-    let result = command(backend.clone()).await;
-    close(backend).await;
-    result
+/// Arguments of `edubus migrate`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    data: DataArg,
+}
+
+/// Runs `edubus migrate`: applies what is missing and says what it applied.
+pub async fn migrate(args: MigrateArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
+    let dir = args.data.or(data);
+    let where_ = describe(&dir);
+    match open_deployment(&dir, edubus_events::catalog(), false).await? {
+        Opened::Embedded(backend) => {
+            close(backend).await;
+            crate::cli::outln!("the embedded store in {where_} is up to date");
+        }
+        Opened::Production(_) => {
+            crate::cli::outln!("the PostgreSQL schema of {where_} is up to date");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Closes the backend: the writer commits what is queued and the file is released.

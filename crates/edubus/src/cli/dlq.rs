@@ -89,7 +89,7 @@ enum Action {
 /// Runs one dead-letter subcommand.
 pub async fn run(args: DlqArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
     let dir = args.data.or(data);
-    data::with_backend(&dir, |backend| async move {
+    data::with_backend!(&dir, edubus_events::catalog(), |backend| async move {
         match args.command {
             DlqCommand::List { subscription, json } => {
                 list(&backend, subscription.as_deref(), json).await
@@ -105,7 +105,6 @@ pub async fn run(args: DlqArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
             }
         }
     })
-    .await
 }
 
 /// Every entry, of one subscription or all, oldest first.

@@ -12,6 +12,7 @@ mod replay;
 mod serve;
 mod source;
 mod tail;
+mod token;
 mod trace;
 
 use std::future::Future;
@@ -34,6 +35,11 @@ pub struct Cli {
         default_value = "edubus-data"
     )]
     data: PathBuf,
+    /// Configuration file [default: ./edubus.toml when it exists]; `EDUBUS_*` variables
+    /// override it. With `postgres_url` and `redis_url` set, commands run on the production
+    /// deployment.
+    #[arg(long, env = "EDUBUS_CONFIG", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,7 +52,8 @@ enum Command {
     /// Check CloudEvents envelopes against the catalog.
     #[command(subcommand)]
     Envelope(envelope::EnvelopeCommand),
-    /// Run the embedded deployment: the registered workers, until SIGTERM or Ctrl-C.
+    /// Run the deployment (embedded, or production when configured): the registered workers
+    /// and the HTTP gateway, until SIGTERM or Ctrl-C.
     Serve(serve::ServeArgs),
     /// Validate one event against the catalog and append it to the log.
     Publish(publish::PublishArgs),
@@ -60,6 +67,12 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Load generator: publish (and deliver) events and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Apply the event store's schema migrations (the embedded one, or PostgreSQL when
+    /// configured); servers also apply them at start.
+    Migrate(data::MigrateArgs),
+    /// API tokens of the HTTP gateway.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Where a command reads the catalog from.
@@ -99,6 +112,12 @@ pub(crate) fn print_table(table: &Table) {
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data = cli.data;
+    if !matches!(
+        cli.command,
+        Command::Catalog(_) | Command::Envelope(_) | Command::Token(_)
+    ) {
+        data::configure(crate::config::Config::load(cli.config.as_deref())?);
+    }
     match cli.command {
         Command::Catalog(cmd) => catalog::run(cmd),
         Command::Envelope(cmd) => envelope::run(cmd),
@@ -109,6 +128,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(args) => block_on(dlq::run(args, data)),
         Command::Replay(args) => block_on(replay::run(args, data)),
         Command::Bench(args) => block_on(bench::run(args)),
+        Command::Migrate(args) => block_on(data::migrate(args, data)),
+        Command::Token(cmd) => token::run(cmd),
     }
 }
 

@@ -76,7 +76,9 @@ pub async fn run(args: PublishArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
             args.causation_id.as_deref().unwrap_or_default(),
         ));
     }
-    data::with_backend(&dir, |backend| publish(backend, catalog, env, args)).await
+    data::with_backend!(&dir, &catalog, |backend| publish(
+        backend, catalog, env, args
+    ))
 }
 
 /// Whether the correlation id is to be copied from the cause in the log.

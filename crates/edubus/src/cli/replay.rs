@@ -29,7 +29,9 @@ pub struct ReplayArgs {
 /// Runs `edubus replay`.
 pub async fn run(args: ReplayArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
     let dir = args.data.clone().or(data);
-    data::with_backend(&dir, |backend| replay(backend, args)).await
+    data::with_backend!(&dir, edubus_events::catalog(), |backend| replay(
+        backend, args
+    ))
 }
 
 async fn replay<B: Backend>(backend: B, args: ReplayArgs) -> anyhow::Result<ExitCode> {

@@ -1,6 +1,7 @@
-//! `edubus serve`: the embedded deployment with the workers this binary registers, until
-//! SIGTERM or SIGINT; then a graceful drain and exit 0.
+//! `edubus serve`: the embedded deployment with the workers this binary registers and the HTTP
+//! gateway, until SIGTERM or SIGINT; then a graceful drain and exit 0.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -9,9 +10,11 @@ use std::time::Duration;
 
 use edubus_catalog::Catalog;
 use edubus_core::SubscriptionStats;
+use edubus_http::Gateway;
 use edubus_runtime::{Bus, shutdown_signal};
 use jiff::Timestamp;
 use serde_json::json;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -32,6 +35,10 @@ pub struct ServeArgs {
     /// JSON lines (`started`, `health`, `stopped`) instead of text.
     #[arg(long)]
     json: bool,
+    /// Address of the HTTP gateway, or `off` to run without it.
+    /// [default: `[http] listen` of the configuration, else 127.0.0.1:7400]
+    #[arg(long, env = "EDUBUS_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
+    listen: Option<Listen>,
     #[command(flatten)]
     data: DataArg,
     #[command(flatten)]
@@ -40,6 +47,19 @@ pub struct ServeArgs {
 
 type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// Where the HTTP gateway listens; `None` when it is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|addr| Listen(Some(addr)))
+        .map_err(|e| format!("expected `off` or an address such as 127.0.0.1:7400: {e}"))
+}
+
 /// Runs `edubus serve`.
 pub async fn run(args: ServeArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
     init_logging();
@@ -47,10 +67,9 @@ pub async fn run(args: ServeArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
     let dir = args.data.clone().or(data);
     // Armed before anything is printed: a signal sent once `ready` shows is a graceful stop.
     let signal = armed(Box::pin(shutdown_signal())).await;
-    data::with_backend(&dir, |backend| {
+    data::with_backend!(&dir, &catalog, relay = true, |backend| {
         serve(backend, catalog, dir.clone(), args, signal)
     })
-    .await
 }
 
 /// Logs of the runtime (dead letters, lost leases) on stderr; `EDUBUS_LOG` sets the level.
@@ -86,12 +105,30 @@ async fn serve<B: Backend>(
 ) -> anyhow::Result<ExitCode> {
     let bus = Bus::new(backend.clone(), &catalog, "edubus-serve")?;
     let settings = Settings {
-        retention: args.retention,
+        retention: args.retention.or(data::config().retention),
+        webhooks: data::config().webhooks.clone(),
     };
-    let registry = workers::registry(&bus, &settings);
-    banner(&dir, &catalog, &registry, args.json)?;
+    let registry = workers::registry(&bus, &settings)?;
+    let listen = args
+        .listen
+        .unwrap_or(Listen(Some(data::config().http.listen)));
+    let http = match listen.0 {
+        Some(addr) => Some(gateway(&bus, addr).await?),
+        None => None,
+    };
+    let url = http.as_ref().map(|(_, l)| l.local_addr()).transpose()?;
+    banner(&dir, &catalog, &registry, url, args.json)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = spawn(registry, &backend, &stop_rx, args.health_every, args.json)?;
+    if let Some((gateway, listener)) = http {
+        let stop = stopped_when(stop_rx.clone());
+        tasks.spawn(async move {
+            gateway
+                .serve(listener, stop)
+                .await
+                .map_err(|e| edubus_core::Error::unavailable("the HTTP gateway failed", e))
+        });
+    }
     let failed = tokio::select! {
         () = signal => None,
         Some(res) = tasks.join_next() => Some(res),
@@ -113,6 +150,19 @@ async fn serve<B: Backend>(
 }
 
 type Task = edubus_core::Result<()>;
+
+/// The HTTP gateway over `bus`, bound to `addr` (binding now, so a busy port fails start-up).
+async fn gateway<B: Backend>(
+    bus: &Bus<B>,
+    addr: SocketAddr,
+) -> anyhow::Result<(Gateway, TcpListener)> {
+    let config = data::config().http.clone().with_listen(addr);
+    let gateway = Gateway::new(bus.clone(), config)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (use --listen ADDR or off): {e}"))?;
+    Ok((gateway, listener))
+}
 
 /// Starts the worker, the maintenance tasks and the health line.
 fn spawn<B: Backend>(
@@ -156,20 +206,21 @@ fn banner<B: Backend>(
     dir: &Path,
     catalog: &Catalog,
     registry: &Registry<B>,
+    http: Option<SocketAddr>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let db = data::db_file(dir);
-    let db = std::path::absolute(&db).unwrap_or(db);
+    let http = http.map(|addr| format!("http://{addr}"));
+    let db = data::describe(dir);
     let maintenance: Vec<String> = registry.maintenance.iter().map(|m| m.describe()).collect();
     if json {
         let out = json!({
             "event": "started", "data": db, "catalog_events": catalog.names().len(),
-            "subscriptions": registry.subscriptions, "maintenance": maintenance,
+            "subscriptions": registry.subscriptions, "maintenance": maintenance, "http": http,
         });
         outln!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
-    outln!("edubus serve: data in {}", db.display());
+    outln!("edubus serve: data in {db}");
     outln!("catalog: {} events", catalog.names().len());
     let subs = registry.subscriptions.join(", ");
     outln!(
@@ -188,6 +239,7 @@ fn banner<B: Backend>(
             maintenance.join("; ")
         }
     );
+    outln!("http: {}", http.as_deref().unwrap_or("off (--listen off)"));
     outln!("ready; SIGTERM or Ctrl-C stops after draining in-flight work");
     Ok(())
 }

@@ -58,7 +58,9 @@ pub async fn run(args: TailArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
         ..ReadQuery::default()
     };
     let dir = args.data.clone().or(data);
-    data::with_backend(&dir, |backend| tail(backend, query, args)).await
+    data::with_backend!(&dir, edubus_events::catalog(), |backend| tail(
+        backend, query, args
+    ))
 }
 
 /// The canonical names of `--type` values; exit code 2 for a name the catalog lacks.

@@ -1,24 +1,32 @@
 //! `edubus bench`: a load generator to run against a deployment, like `redis-benchmark`.
 //!
-//! `publish` mode measures batched `publish_batch` throughput, with the latency of each batch
-//! call; `e2e` mode measures publish -> no-op handler -> settle, with the latency from the
-//! moment an event was handed to publish to the moment its handler started.
+//! `publish` mode measures batched publish throughput, with the latency of each batch call;
+//! `e2e` mode measures publish -> no-op handler -> settle, with the latency from the moment an
+//! event was handed to publish to the moment its handler started; `relay` mode measures the
+//! outbox relay from PostgreSQL to Redis. `--backend redis` publishes straight to the Redis
+//! transport (and runs `redis-benchmark` beside it), `--backend production` through the
+//! PostgreSQL outbox; both run on the configured servers under a fresh prefix and schema.
 
 mod e2e;
+mod raw;
+mod relay;
 mod report;
+mod servers;
 mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::bail;
 use clap::ValueEnum;
+use edubus_postgres::RelayOptions;
 use edubus_runtime::Bus;
 use indicatif::ProgressBar;
 use tokio::sync::watch;
 
 use self::report::{Latencies, Summary};
-use self::workload::{Shape, Workload};
+use self::workload::{Shape, Target, Workload};
 use super::data::{self, Backend};
 use super::{outln, progress};
 
@@ -28,8 +36,9 @@ pub struct BenchArgs {
     /// Backend to benchmark.
     #[arg(long, value_enum, default_value_t = BackendKind::Sqlite)]
     backend: BackendKind,
-    /// Data directory to run against [default: a fresh temporary directory, removed after].
-    /// The events (and, in e2e mode, `bench-*` subscriptions) stay in a directory you name.
+    /// sqlite: data directory to run against [default: a fresh temporary directory, removed
+    /// after]. The events (and, in e2e mode, `bench-*` subscriptions) stay in a directory you
+    /// name.
     #[arg(long = "data", value_name = "DIR")]
     data: Option<PathBuf>,
     /// What to measure.
@@ -38,7 +47,7 @@ pub struct BenchArgs {
     /// Events to publish.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     events: u64,
-    /// Events per publish_batch call.
+    /// Events per publish call (redis: per XADD pipeline; relay: per relay pass).
     #[arg(long, default_value_t = 1000, value_parser = positive)]
     batch: usize,
     /// Target publish rate in events/s (open loop, for latency runs); 0 = as fast as possible.
@@ -63,6 +72,9 @@ pub struct BenchArgs {
     /// Concurrent publishing tasks.
     #[arg(long, default_value_t = 2, value_parser = positive)]
     publishers: usize,
+    /// redis, production: keep the run's Redis keys and PostgreSQL schema.
+    #[arg(long)]
+    keep: bool,
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -73,6 +85,21 @@ pub struct BenchArgs {
 pub enum BackendKind {
     /// The embedded SQLite deployment.
     Sqlite,
+    /// The Redis Streams transport: events go straight to Redis, consumed (e2e) through the
+    /// production deployment; publish mode runs `redis-benchmark` beside it.
+    Redis,
+    /// The production deployment: PostgreSQL outbox, relay, Redis Streams.
+    Production,
+}
+
+impl BackendKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Redis => "redis",
+            Self::Production => "production",
+        }
+    }
 }
 
 /// What `edubus bench` measures.
@@ -82,6 +109,8 @@ pub enum Mode {
     Publish,
     /// Publish -> no-op handler -> settle, with per-delivery latency.
     E2e,
+    /// PostgreSQL outbox -> Redis relay throughput (production backend).
+    Relay,
 }
 
 fn positive(text: &str) -> Result<usize, String> {
@@ -100,6 +129,22 @@ fn rate(text: &str) -> Result<f64, String> {
 
 /// Runs `edubus bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let summary = match args.backend {
+        BackendKind::Sqlite => sqlite(&args).await?,
+        BackendKind::Redis | BackendKind::Production => on_servers(&args).await?,
+    };
+    if args.json {
+        outln!("{}", serde_json::to_string(&summary)?);
+    } else {
+        summary.print();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sqlite(args: &BenchArgs) -> anyhow::Result<Summary> {
+    if args.mode == Mode::Relay {
+        bail!("--mode relay measures the PostgreSQL outbox relay: use --backend production");
+    }
     let temp = match &args.data {
         Some(_) => None,
         None => Some(tempfile::Builder::new().prefix("edubus-bench-").tempdir()?),
@@ -112,8 +157,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let note = if temp.is_some() { " (temporary)" } else { "" };
         outln!("edubus bench: data in {}{note}", dir.display());
     }
-    let BackendKind::Sqlite = args.backend;
-    let result = data::with_backend(&dir, |backend| bench(backend, args)).await;
+    let backend = data::open(&dir).await?;
+    let result = match bench_bus(backend.clone()) {
+        Ok(bus) => measure(&bus, args, Target::Store).await,
+        Err(e) => Err(e),
+    };
+    data::close(backend).await;
     drop(temp);
     result
 }
@@ -122,36 +171,106 @@ fn temp_path(temp: Option<&tempfile::TempDir>) -> PathBuf {
     temp.map_or_else(|| PathBuf::from("."), |t| t.path().to_path_buf())
 }
 
-async fn bench<B: Backend>(backend: B, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let bus = Bus::new(backend, edubus_events::catalog(), "edubus-bench")?;
-    let shape = Shape {
+/// Runs on the configured PostgreSQL and Redis, in a fresh schema and key prefix.
+async fn on_servers(args: &BenchArgs) -> anyhow::Result<Summary> {
+    let backend = args.backend.name();
+    if args.data.is_some() {
+        bail!("--data is for --backend sqlite; --backend {backend} uses the configured servers");
+    }
+    if args.backend == BackendKind::Redis && args.mode == Mode::Relay {
+        bail!("--mode relay measures the PostgreSQL outbox relay: use --backend production");
+    }
+    // Production e2e is the whole path: publish into the outbox, relay, deliver.
+    let relay =
+        (args.backend == BackendKind::Production && args.mode == Mode::E2e).then(|| RelayOptions {
+            batch: args.batch,
+            ..RelayOptions::default()
+        });
+    let servers = servers::open(relay).await?;
+    if !args.json {
+        let kept = if args.keep {
+            "kept"
+        } else {
+            "removed after the run"
+        };
+        outln!("edubus bench: {} ({kept})", servers.describe);
+    }
+    let result = on_deployment(&servers, args).await;
+    let (prefix, schema) = (servers.prefix.clone(), servers.schema.clone());
+    let closed = servers.close(args.keep).await;
+    let summary = result?;
+    closed?;
+    Ok(Summary {
+        prefix: Some(prefix),
+        schema: Some(schema),
+        ..summary
+    })
+}
+
+async fn on_deployment(servers: &servers::Servers, args: &BenchArgs) -> anyhow::Result<Summary> {
+    let bus = bench_bus(servers.backend.clone())?;
+    let redis = Target::redis(servers.backend.redis().clone());
+    match (args.backend, args.mode) {
+        (_, Mode::Relay) => relay::measure(&bus, workload::build(&bus, shape(args))?, args).await,
+        (BackendKind::Redis, Mode::Publish) => {
+            let summary = measure(&bus, args, redis).await?;
+            let url = &servers.backend.redis().config().url;
+            let raw = raw::redis_benchmark(&bus, args, url, &servers.prefix, summary.events_per_s)
+                .await?;
+            Ok(Summary {
+                raw: Some(raw),
+                ..summary
+            })
+        }
+        (BackendKind::Redis, _) => measure(&bus, args, redis).await,
+        _ => measure(&bus, args, Target::Store).await,
+    }
+}
+
+fn bench_bus<B: Backend>(backend: B) -> anyhow::Result<Bus<B>> {
+    Ok(Bus::new(backend, edubus_events::catalog(), "edubus-bench")?)
+}
+
+fn shape(args: &BenchArgs) -> Shape {
+    Shape {
         events: args.events,
         batch: args.batch,
         keys: args.keys,
         payload_bytes: args.payload_bytes,
-    };
-    let workload = workload::build(&bus, shape)?;
-    let summary = match args.mode {
-        Mode::Publish => publish_mode(&bus, workload, &args).await?,
-        Mode::E2e => e2e_mode(&bus, workload, &args).await?,
-    };
-    if args.json {
-        outln!("{}", serde_json::to_string(&summary)?);
-    } else {
-        summary.print();
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the publish or e2e mode, publishing to `target`.
+async fn measure<B: Backend>(
+    bus: &Bus<B>,
+    args: &BenchArgs,
+    target: Target,
+) -> anyhow::Result<Summary> {
+    let workload = workload::build(bus, shape(args))?;
+    match args.mode {
+        Mode::Publish => publish_mode(bus, &target, workload, args).await,
+        Mode::E2e => e2e_mode(bus, &target, workload, args).await,
+        Mode::Relay => bail!("--mode relay runs on --backend production only"),
+    }
 }
 
 async fn publish_mode<B: Backend>(
     bus: &Bus<B>,
+    target: &Target,
     workload: Workload,
     args: &BenchArgs,
 ) -> anyhow::Result<Summary> {
     let payload_bytes = workload.payload_bytes;
     let bar = progress::bar(args.events, "published");
-    let published =
-        workload::publish(bus, workload.batches, args.publishers, args.rate, &bar).await?;
+    let published = workload::publish(
+        bus,
+        target,
+        workload.batches,
+        args.publishers,
+        args.rate,
+        &bar,
+    )
+    .await?;
     bar.finish_and_clear();
     let samples = published
         .batches
@@ -159,13 +278,7 @@ async fn publish_mode<B: Backend>(
         .flat_map(|&(latency, size)| std::iter::repeat_n(latency, size))
         .collect();
     let seconds = published.elapsed.as_secs_f64();
-    let summary = summary(
-        args,
-        "publish",
-        "publish_batch call",
-        payload_bytes,
-        seconds,
-    );
+    let summary = summary(args, "publish", "publish call", payload_bytes, seconds);
     Ok(Summary {
         publish_seconds: seconds,
         ..summary
@@ -175,6 +288,7 @@ async fn publish_mode<B: Backend>(
 
 async fn e2e_mode<B: Backend>(
     bus: &Bus<B>,
+    target: &Target,
     workload: Workload,
     args: &BenchArgs,
 ) -> anyhow::Result<Summary> {
@@ -185,7 +299,7 @@ async fn e2e_mode<B: Backend>(
     let running = tokio::spawn(worker.run(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
-    let measured = measure_e2e(bus, workload.batches, args, &names, &recorder).await;
+    let measured = measure_e2e(bus, target, workload.batches, args, &names, &recorder).await;
     let _ = stop_tx.send(true);
     running.await??;
     let (seconds, publish_seconds) = measured?;
@@ -203,6 +317,7 @@ async fn e2e_mode<B: Backend>(
 /// and the seconds publishing took.
 async fn measure_e2e<B: Backend>(
     bus: &Bus<B>,
+    target: &Target,
     batches: Vec<Vec<edubus_core::Envelope>>,
     args: &BenchArgs,
     names: &[String],
@@ -214,7 +329,7 @@ async fn measure_e2e<B: Backend>(
     let quiet = ProgressBar::hidden();
     let start = tokio::time::Instant::now();
     let (published, settled) = tokio::join!(
-        workload::publish(bus, batches, args.publishers, args.rate, &quiet),
+        workload::publish(bus, target, batches, args.publishers, args.rate, &quiet),
         e2e::wait_settled(bus.backend(), names, recorder, expected, |n| {
             bar.set_position(n);
         })
@@ -240,7 +355,7 @@ fn summary(
 ) -> Summary {
     let secs = seconds.max(f64::EPSILON);
     Summary {
-        backend: "sqlite",
+        backend: args.backend.name(),
         mode,
         latency,
         events: args.events,
@@ -261,5 +376,8 @@ fn summary(
         p999_ms: 0.0,
         max_ms: 0.0,
         mean_ms: 0.0,
+        prefix: None,
+        schema: None,
+        raw: None,
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::raw::Raw;
 use crate::cli::outln;
 
 /// Latency samples in microseconds; percentiles by nearest rank over the sorted samples.
@@ -45,9 +46,9 @@ fn micros_to_ms(us: u64) -> f64 {
 pub struct Summary {
     /// Backend benchmarked.
     pub backend: &'static str,
-    /// `publish` or `e2e`.
+    /// `publish`, `e2e` or `relay`.
     pub mode: &'static str,
-    /// What the latency figures measure.
+    /// What the latency figures measure (empty when none are taken).
     pub latency: &'static str,
     /// Events published.
     pub events: u64,
@@ -69,9 +70,9 @@ pub struct Summary {
     pub seconds: f64,
     /// Events per second over `seconds`.
     pub events_per_s: f64,
-    /// Wall time of publishing alone.
+    /// Wall time of publishing alone (relay: of the untimed appends).
     pub publish_seconds: f64,
-    /// Handler invocations measured (e2e: events x subscriptions).
+    /// Handler invocations measured (e2e: events x subscriptions; relay: events relayed).
     pub deliveries: u64,
     /// Median latency.
     pub p50_ms: f64,
@@ -85,6 +86,15 @@ pub struct Summary {
     pub max_ms: f64,
     /// Mean latency.
     pub mean_ms: f64,
+    /// The Redis key prefix of the run (redis and production backends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The PostgreSQL schema of the run (redis and production backends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// The raw server under the same load (redis publish).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<Raw>,
 }
 
 impl Summary {
@@ -124,7 +134,26 @@ impl Summary {
             );
             outln!("  published in {:.3} s", self.publish_seconds);
         }
+        if self.mode == "relay" {
+            outln!(
+                "  appended in {:.3} s (not timed), then relayed:",
+                self.publish_seconds
+            );
+        }
         outln!("  {:.3} s, {:.0} events/s", self.seconds, self.events_per_s);
+        if let Some(raw) = &self.raw {
+            outln!(
+                "  raw {}: {:.0} events/s, edubus at {:.1}% of it ({} B per entry)",
+                raw.tool,
+                raw.events_per_s,
+                raw.ratio * 100.0,
+                raw.entry_bytes
+            );
+            outln!("    {}", raw.command);
+        }
+        if self.latency.is_empty() {
+            return;
+        }
         outln!(
             "  latency ({}): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms, mean {:.3} ms",
             self.latency,

@@ -1,12 +1,14 @@
 //! The events `edubus bench` publishes, built before the clock starts, and the publishers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use edubus_core::{Envelope, EventStore, Transport};
+use edubus_core::{Envelope, EventStore, Recorded, Transport, partition_of};
 use edubus_events::{
     AttendanceUpdated, AttendanceUpdatedV1PreviousStatus, AttendanceUpdatedV1Status,
 };
+use edubus_redis::RedisStreams;
 use edubus_runtime::Bus;
 use indicatif::ProgressBar;
 use jiff::{SignedDuration, Timestamp};
@@ -22,7 +24,7 @@ const REASON_OVERHEAD: usize = 12;
 pub struct Shape {
     /// Events in all.
     pub events: u64,
-    /// Events per `publish_batch` call.
+    /// Events per publish call.
     pub batch: usize,
     /// Distinct partition keys (students).
     pub keys: usize,
@@ -102,21 +104,73 @@ fn event(
     }
 }
 
+/// Where the publishers send their batches.
+#[derive(Clone)]
+pub enum Target {
+    /// `Bus::publish_batch`: validated and appended to the event store.
+    Store,
+    /// Validated like a publish, then `RedisStreams::publish` straight to the transport, with
+    /// log positions from a counter (no event store involved).
+    Redis(RedisStreams, Arc<AtomicU64>),
+}
+
+impl Target {
+    /// Publishing straight to `redis`, positions counting from 1.
+    pub fn redis(redis: RedisStreams) -> Self {
+        Self::Redis(redis, Arc::new(AtomicU64::new(1)))
+    }
+
+    async fn send<B: EventStore + Transport>(
+        &self,
+        bus: &Bus<B>,
+        batch: Vec<Envelope>,
+    ) -> anyhow::Result<()> {
+        match self {
+            Self::Store => {
+                bus.publish_batch(batch).await?;
+            }
+            Self::Redis(redis, next) => {
+                let first = next.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let recorded_at = Timestamp::now();
+                let events = batch
+                    .into_iter()
+                    .zip(first..)
+                    .map(|(env, position)| {
+                        let append = bus.prepare(env)?;
+                        let key = append.envelope.key().unwrap_or_default().to_owned();
+                        Ok(Recorded {
+                            position,
+                            partition: partition_of(&key, redis.partitions()),
+                            stream: append.stream,
+                            key,
+                            recorded_at,
+                            envelope: append.envelope,
+                        })
+                    })
+                    .collect::<edubus_core::Result<Vec<_>>>()?;
+                redis.publish(&events).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How publishing went.
 pub struct Published {
-    /// Per batch: latency from its intended start to `publish_batch` returning, in
+    /// Per batch: latency from its intended start to the publish call returning, in
     /// microseconds, and its size.
     pub batches: Vec<(u64, usize)>,
     /// Wall time from the first batch's start to the last one's return.
     pub elapsed: Duration,
 }
 
-/// Publishes the batches with `publishers` concurrent tasks (batch `i` to task
+/// Publishes the batches to `target` with `publishers` concurrent tasks (batch `i` to task
 /// `i % publishers`). With `rate` > 0 each batch is due at `i * batch / rate` seconds
 /// (open loop: a late batch is not rescheduled, its lateness counts in its latency).
 /// Each envelope's `time` is set when its batch is handed over (or to when it was due).
 pub async fn publish<B: EventStore + Transport>(
     bus: &Bus<B>,
+    target: &Target,
     batches: Vec<Vec<Envelope>>,
     publishers: usize,
     rate: f64,
@@ -136,6 +190,7 @@ pub async fn publish<B: EventStore + Transport>(
     for lane in lanes {
         tasks.spawn(publish_lane(
             bus.clone(),
+            target.clone(),
             lane,
             Arc::clone(&clock),
             bar.clone(),
@@ -153,6 +208,7 @@ pub async fn publish<B: EventStore + Transport>(
 
 async fn publish_lane<B: EventStore + Transport>(
     bus: Bus<B>,
+    target: Target,
     lane: Vec<(u64, Vec<Envelope>)>,
     clock: Arc<Clock>,
     bar: ProgressBar,
@@ -164,7 +220,7 @@ async fn publish_lane<B: EventStore + Transport>(
             env.time = Some(time);
         }
         let size = batch.len();
-        bus.publish_batch(batch).await?;
+        target.send(&bus, batch).await?;
         let latency = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
         out.push((latency, size));
         bar.inc(size as u64);

@@ -1,0 +1,260 @@
+//! The inbox of transactional handlers: the handler's writes, the events it causes and the
+//! inbox row commit in one transaction, so a redelivered event is recognised and skipped.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+
+use edubus_core::error::BoxError;
+use edubus_core::{Append, Appended, Error, Result};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio_postgres::Transaction;
+use tokio_postgres::types::Type;
+
+use crate::PgStore;
+use crate::error::{Db, from_pg};
+use crate::store::append_in;
+
+/// A transactional handler's work: runs inside the settlement's transaction and returns more
+/// events to append in it. Build one with [`work`].
+pub type PgWork = Box<
+    dyn for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<Vec<Append>, BoxError>> + Send,
+>;
+
+/// Boxes a closure as [`PgWork`] (the bound lets the compiler infer the closure's lifetimes).
+pub fn work<F>(f: F) -> PgWork
+where
+    F: for<'t> FnOnce(&'t Transaction<'t>) -> BoxFuture<'t, Result<Vec<Append>, BoxError>>
+        + Send
+        + 'static,
+{
+    Box::new(f)
+}
+
+/// A handled event to record in a subscription's inbox.
+pub struct Commit {
+    /// The handled event's id.
+    pub event_id: String,
+    /// The handler's transactional work, if any.
+    pub work: Option<PgWork>,
+    /// Events the handler caused, appended through the outbox.
+    pub caused: Vec<Append>,
+}
+
+impl std::fmt::Debug for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commit")
+            .field("event_id", &self.event_id)
+            .field("work", &self.work.as_ref().map(|_| "PgWork"))
+            .field("caused", &self.caused)
+            .finish()
+    }
+}
+
+/// What a [`Commit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Recorded now; the work ran and these events (work's first, then `caused`) were appended.
+    Handled(Vec<Appended>),
+    /// The inbox already had it: nothing ran and nothing was written.
+    Duplicate,
+}
+
+impl PgStore {
+    /// Of `ids`, those already in `subscription`'s inbox.
+    pub async fn seen(&self, subscription: &str, ids: &[String]) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        let rows = client
+            .query_typed(
+                // One index probe per id, whatever the table's statistics say.
+                "SELECT f.event_id FROM unnest($2::text[]) AS x(id),
+                 LATERAL (SELECT i.event_id FROM inbox i
+                          WHERE i.subscription = $1 AND i.event_id = x.id LIMIT 1) AS f",
+                &[(&subscription, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
+            )
+            .await
+            .db()?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Commits each handled event atomically on its own and returns one result per commit,
+    /// in order. A failing work rolls back its commit entirely (no inbox row, no event).
+    ///
+    /// Commits without work share one transaction; if it fails they are retried one by one,
+    /// so one bad commit cannot fail or half-write another. Commits with work share another,
+    /// each inside its own savepoint, so a failing work rolls back only itself.
+    pub async fn commit(&self, subscription: &str, commits: Vec<Commit>) -> Vec<Result<Committed>> {
+        let mut results: Vec<Option<Result<Committed>>> = commits.iter().map(|_| None).collect();
+        let (plain, with_work): (Vec<_>, Vec<_>) = commits
+            .into_iter()
+            .enumerate()
+            .partition(|(_, c)| c.work.is_none());
+        if !plain.is_empty() {
+            // Plain data, not `&Commit`: a `PgWork` is not `Sync`, and the future must be `Send`.
+            let refs: Vec<(&str, &[Append])> = plain
+                .iter()
+                .map(|(_, c)| (c.event_id.as_str(), c.caused.as_slice()))
+                .collect();
+            match self.commit_plain(subscription, &refs).await {
+                Ok(done) => {
+                    for ((i, _), r) in plain.iter().zip(done) {
+                        results[*i] = Some(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "batched inbox commit failed; committing one by one");
+                    for (i, c) in plain {
+                        results[i] = Some(self.commit_one(subscription, c).await);
+                    }
+                }
+            }
+        }
+        if !with_work.is_empty() {
+            let (slots, commits): (Vec<usize>, Vec<Commit>) = with_work.into_iter().unzip();
+            match self.commit_grouped(subscription, commits).await {
+                Ok(done) => {
+                    for (i, r) in slots.into_iter().zip(done) {
+                        results[i] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for i in slots {
+                        results[i] = Some(Err(Error::unavailable(
+                            "the settlement transaction did not commit",
+                            message.clone(),
+                        )));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::internal("a commit got no result", "bug"))))
+            .collect()
+    }
+
+    /// Commits without work in one transaction: one multi-row inbox insert, one append.
+    async fn commit_plain(
+        &self,
+        subscription: &str,
+        commits: &[(&str, &[Append])],
+    ) -> Result<Vec<Committed>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.db()?;
+        let ids: Vec<&str> = commits.iter().map(|(id, _)| *id).collect();
+        let rows = tx
+            .query_typed(
+                "INSERT INTO inbox (subscription, event_id)
+                 SELECT $1, id FROM unnest($2::text[]) AS id
+                 ON CONFLICT DO NOTHING RETURNING event_id",
+                &[(&subscription, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
+            )
+            .await
+            .db()?;
+        let mut new: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        // The first commit of an id is handled; a repeat of it in the same call is a duplicate.
+        let handled: Vec<bool> = commits.iter().map(|(id, _)| new.remove(*id)).collect();
+        let caused: Vec<Append> = commits
+            .iter()
+            .zip(&handled)
+            .filter(|(_, h)| **h)
+            .flat_map(|((_, caused), _)| caused.iter().cloned())
+            .collect();
+        let mut appended = append_in(&tx, &caused, self.partitions())
+            .await?
+            .into_iter();
+        tx.commit().await.db()?;
+        Ok(commits
+            .iter()
+            .zip(handled)
+            .map(|((_, caused), h)| match h {
+                true => Committed::Handled(appended.by_ref().take(caused.len()).collect()),
+                false => Committed::Duplicate,
+            })
+            .collect())
+    }
+
+    /// Commits handled events with work in one transaction, each inside its own savepoint: a
+    /// failing work rolls back only its own inbox row, writes and events. If the transaction
+    /// itself fails to commit, every commit fails (and is retried by its caller).
+    async fn commit_grouped(
+        &self,
+        subscription: &str,
+        commits: Vec<Commit>,
+    ) -> Result<Vec<Result<Committed>>> {
+        let mut client = self.client().await?;
+        let mut tx = client.transaction().await.db()?;
+        let mut out = Vec::with_capacity(commits.len());
+        for commit in commits {
+            let savepoint = tx.transaction().await.db()?;
+            match commit_in(&savepoint, subscription, commit, self.partitions()).await {
+                Ok(done) => {
+                    savepoint.commit().await.db()?;
+                    out.push(Ok(done));
+                }
+                Err(e) => {
+                    savepoint.rollback().await.db()?;
+                    out.push(Err(e));
+                }
+            }
+        }
+        tx.commit().await.db()?;
+        Ok(out)
+    }
+
+    /// Commits one handled event in its own transaction, running its work.
+    async fn commit_one(&self, subscription: &str, commit: Commit) -> Result<Committed> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.db()?;
+        let done = commit_in(&tx, subscription, commit, self.partitions()).await?;
+        tx.commit().await.db()?;
+        Ok(done)
+    }
+}
+
+/// Records one handled event in `tx`: the inbox row, its work, its events.
+async fn commit_in(
+    tx: &Transaction<'_>,
+    subscription: &str,
+    commit: Commit,
+    partitions: u32,
+) -> Result<Committed> {
+    let new = tx
+        .query_typed(
+            "INSERT INTO inbox (subscription, event_id) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING RETURNING 1",
+            &[(&subscription, Type::TEXT), (&commit.event_id, Type::TEXT)],
+        )
+        .await
+        .db()?;
+    if new.is_empty() {
+        return Ok(Committed::Duplicate);
+    }
+    let mut events = match commit.work {
+        Some(work) => run_work(tx, work).await?,
+        None => Vec::new(),
+    };
+    events.extend(commit.caused);
+    Ok(Committed::Handled(
+        append_in(tx, &events, partitions).await?,
+    ))
+}
+
+/// Runs a handler's work; its error (or panic) fails only its own commit.
+async fn run_work(tx: &Transaction<'_>, work: PgWork) -> Result<Vec<Append>> {
+    let outcome = AssertUnwindSafe(async move { work(tx).await })
+        .catch_unwind()
+        .await
+        .map_err(|_| Error::internal("the handler's transactional work panicked", "panic"))?;
+    outcome.map_err(|e| match e.downcast::<Error>() {
+        Ok(err) => *err,
+        Err(e) => match e.downcast::<tokio_postgres::Error>() {
+            Ok(err) => from_pg(*err),
+            Err(e) => Error::Internal {
+                message: format!("the handler's transactional work failed: {e}"),
+                source: Some(e),
+            },
+        },
+    })
+}

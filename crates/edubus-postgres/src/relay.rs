@@ -1,0 +1,211 @@
+//! The outbox relay: moves committed events to a [`Sink`] (the Redis transport) in batches,
+//! partition by partition, in position order.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edubus_core::{ErrorKind, Recorded, Result};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::Notify;
+use tokio_postgres::types::Type;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::PgStore;
+use crate::error::Db;
+use crate::store::{RECORDED_COLUMNS, recorded};
+
+/// Where relayed events go.
+pub trait Sink: Send + Sync + 'static {
+    /// Publishes `events` (position order within each partition); returns `Ok` only once the
+    /// sink holds them durably. An error makes the relay retry the same events later.
+    fn publish(&self, events: Vec<Recorded>) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Tuning of a [`Relay`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// Most events per publish (default 1000).
+    pub batch: usize,
+    /// How often to look for events when no notification arrives (default 1 s).
+    pub poll_interval: Duration,
+    /// Longest wait between retries after an error (default 5 s; the first wait is 100 ms).
+    pub max_backoff: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            batch: 1000,
+            poll_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a [`Relay::run`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Events published (a republished event counts again).
+    pub relayed: u64,
+    /// Passes that failed and were retried.
+    pub errors: u64,
+}
+
+/// Moves committed outbox rows to a [`Sink`]; several relays may run on one store.
+pub struct Relay<S> {
+    store: PgStore,
+    sink: S,
+    options: RelayOptions,
+}
+
+/// Locks the free partitions that have outbox rows (held until the pass commits).
+const LOCK_SQL: &str = "SELECT partition FROM relay_partitions r
+    WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.partition = r.partition)
+    ORDER BY partition FOR UPDATE SKIP LOCKED";
+
+impl<S: Sink> Relay<S> {
+    /// A relay of `store`'s outbox into `sink`.
+    pub fn new(store: PgStore, sink: S, options: RelayOptions) -> Self {
+        Self {
+            store,
+            sink,
+            options,
+        }
+    }
+
+    /// Relays everything committed now in the partitions no other relay holds; returns how
+    /// many events were published.
+    pub async fn step(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.pass().await?;
+            total += n;
+            if n < self.options.batch.max(1) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One transaction: lock partitions, read a batch in position order, publish it, delete
+    /// it, commit. Uncommitted appends are invisible here, so never published.
+    async fn pass(&self) -> Result<usize> {
+        let mut client = self.store.client().await?;
+        let tx = client.transaction().await.db()?;
+        let locked: Vec<i32> = tx
+            .query_typed(LOCK_SQL, &[])
+            .await
+            .db()?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if locked.is_empty() {
+            return Ok(0);
+        }
+        // A new statement, so a new snapshot: it sees every commit before the locks were
+        // granted, including the deletions of the relay that held them before.
+        let limit = i64::try_from(self.options.batch.max(1)).unwrap_or(i64::MAX);
+        let rows = tx
+            .query_typed(
+                &format!(
+                    "SELECT {RECORDED_COLUMNS} FROM outbox o JOIN events e USING (position)
+                     WHERE o.partition = ANY($1) ORDER BY o.position LIMIT $2"
+                ),
+                &[(&locked, Type::INT4_ARRAY), (&limit, Type::INT8)],
+            )
+            .await
+            .db()?;
+        let positions: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let events = rows.iter().map(recorded).collect::<Result<Vec<_>>>()?;
+        drop(rows);
+        let n = events.len();
+        self.sink.publish(events).await?;
+        tx.query_typed(
+            "DELETE FROM outbox WHERE position = ANY($1)",
+            &[(&positions, Type::INT8_ARRAY)],
+        )
+        .await
+        .db()?;
+        tx.commit().await.db()?;
+        Ok(n)
+    }
+
+    /// Relays until `shutdown` completes, woken by notifications of new appends and polling
+    /// every `poll_interval` in case one is missed. Errors are logged and retried with
+    /// backoff (the database or the sink may be down); only an error of kind
+    /// [`ErrorKind::Invalid`] (a misconfiguration no retry fixes) ends the loop.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<RelayStats> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let wake = Arc::new(Notify::new());
+        let mut listener: Option<Client> = None;
+        let mut stats = RelayStats::default();
+        let mut backoff = Duration::ZERO;
+        loop {
+            if listener.as_ref().is_none_or(Client::is_closed) {
+                listener = self.listen(&wake).await.inspect_err(|e| {
+                    tracing::warn!(error = %e, "relay cannot listen for notifications; polling");
+                }).ok();
+            }
+            let wait = match self.pass().await {
+                Ok(n) => {
+                    stats.relayed += n as u64;
+                    backoff = Duration::ZERO;
+                    (n < self.options.batch.max(1)).then_some(self.options.poll_interval)
+                }
+                Err(e) if e.kind() == ErrorKind::Invalid => return Err(e),
+                Err(e) => {
+                    stats.errors += 1;
+                    backoff = (backoff * 2)
+                        .max(Duration::from_millis(100))
+                        .min(self.options.max_backoff);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "relay pass failed");
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(stats),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    continue;
+                }
+            };
+            match wait {
+                // A full batch: more is waiting, go on unless asked to stop.
+                None => {
+                    if shutdown.as_mut().now_or_never().is_some() {
+                        return Ok(stats);
+                    }
+                }
+                Some(wait) => tokio::select! {
+                    () = &mut shutdown => return Ok(stats),
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                },
+            }
+        }
+    }
+
+    /// Opens a dedicated connection that LISTENs on the store's channel and wakes `wake` on
+    /// every notification, and once more when the connection ends.
+    async fn listen(&self, wake: &Arc<Notify>) -> Result<Client> {
+        let (client, mut connection) = self.store.pg_config().connect(NoTls).await.db()?;
+        let wake = Arc::clone(wake);
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let AsyncMessage::Notification(_) = message {
+                    wake.notify_one();
+                }
+            }
+            // Lost: whatever was notified meanwhile is found by the next pass.
+            wake.notify_one();
+        });
+        let channel: String = client
+            .query_one("SELECT 'edubus_outbox_' || 'events'::regclass::oid", &[])
+            .await
+            .db()?
+            .get(0);
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .db()?;
+        Ok(client)
+    }
+}

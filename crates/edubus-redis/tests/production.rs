@@ -1,0 +1,81 @@
+//! The production deployment (PostgreSQL store, relay, Redis transport) on real servers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edubus_core::{
+    Append, ConsumerId, Envelope, EventStore, LeaseOptions, StartFrom, SubscriptionSpec, Transport,
+};
+use edubus_postgres::{PgConfig, RelayOptions};
+use edubus_redis::{Production, RedisConfig};
+use serde_json::json;
+
+async fn production(test: &str) -> Production {
+    let schema = edubus_testsupport::postgres().schema(test).await;
+    let routes: BTreeMap<String, String> = [(
+        "attendance.marked".to_owned(),
+        "attendance.marked".to_owned(),
+    )]
+    .into();
+    let redis = RedisConfig::new(edubus_testsupport::redis().url())
+        .with_prefix(edubus_testsupport::unique_prefix(test))
+        .with_partitions(4)
+        .with_block(Duration::from_millis(20))
+        .with_routes(routes);
+    let relay = RelayOptions {
+        poll_interval: Duration::from_millis(50),
+        ..RelayOptions::default()
+    };
+    Production::open(
+        PgConfig::new(schema.url()).with_partitions(4),
+        redis,
+        Some(relay),
+    )
+    .await
+    .expect("open the production deployment")
+}
+
+fn append(key: &str, n: u64) -> Append {
+    let mut envelope = Envelope::new("attendance.marked", 1, json!({ "n": n })).with_source("t");
+    envelope.partitionkey = Some(key.to_owned());
+    Append {
+        envelope,
+        stream: "attendance.marked".into(),
+    }
+}
+
+#[tokio::test]
+async fn appended_events_reach_a_subscription_through_the_relay() {
+    let prod = production("relay_to_fetch").await;
+    prod.register(&SubscriptionSpec {
+        name: "s".into(),
+        types: vec!["attendance.marked".into()],
+        ordered: true,
+        start: StartFrom::Beginning,
+    })
+    .await
+    .unwrap();
+    let appended = prod
+        .append((1..=5).map(|n| append("k", n)).collect())
+        .await
+        .unwrap();
+    let options = LeaseOptions {
+        ttl: Duration::from_secs(5),
+        claim_after: Duration::from_secs(600),
+    };
+    let leases = prod
+        .rebalance("s", &ConsumerId("c".into()), options, &[])
+        .await
+        .unwrap();
+    let p = edubus_core::partition_of("k", 4);
+    let lease = leases.iter().find(|l| l.partition == p).unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 5 && tokio::time::Instant::now() < deadline {
+        let after = got.last().map_or(0, |d: &edubus_core::Delivery| d.seq);
+        got.extend(prod.fetch(lease, after, 0, 10).await.unwrap().deliveries);
+    }
+    let positions: Vec<u64> = got.iter().map(|d| d.event.position).collect();
+    let expected: Vec<u64> = appended.iter().map(|a| a.position).collect();
+    assert_eq!(positions, expected);
+}

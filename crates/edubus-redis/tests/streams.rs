@@ -1,0 +1,201 @@
+//! The Redis Streams transport against a real `redis-server`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edubus_core::{
+    ConsumerId, Envelope, LeaseOptions, Recorded, StartFrom, SubscriptionSpec, partition_of,
+};
+use edubus_redis::{RedisConfig, RedisStreams};
+use jiff::Timestamp;
+use serde_json::json;
+
+const PARTITIONS: u32 = 4;
+
+async fn transport(test: &str) -> RedisStreams {
+    let routes: BTreeMap<String, String> = [
+        (
+            "attendance.marked".to_owned(),
+            "attendance.marked".to_owned(),
+        ),
+        ("grading.updated".to_owned(), "grading.updated".to_owned()),
+    ]
+    .into();
+    let config = RedisConfig::new(edubus_testsupport::redis().url())
+        .with_prefix(edubus_testsupport::unique_prefix(test))
+        .with_partitions(PARTITIONS)
+        .with_block(Duration::from_millis(20))
+        .with_routes(routes);
+    RedisStreams::connect(config).await.expect("connect")
+}
+
+fn event(position: u64, ty: &str, key: &str) -> Recorded {
+    let mut envelope = Envelope::new(ty, 1, json!({ "n": position })).with_source("test");
+    envelope.partitionkey = Some(key.to_owned());
+    Recorded {
+        position,
+        stream: ty.to_owned(),
+        partition: partition_of(key, PARTITIONS),
+        key: key.to_owned(),
+        recorded_at: Timestamp::now(),
+        envelope,
+    }
+}
+
+fn spec(name: &str) -> SubscriptionSpec {
+    SubscriptionSpec {
+        name: name.to_owned(),
+        types: vec!["attendance.marked".into(), "grading.updated".into()],
+        ordered: true,
+        start: StartFrom::Beginning,
+    }
+}
+
+fn lease_options() -> LeaseOptions {
+    LeaseOptions {
+        ttl: Duration::from_secs(5),
+        claim_after: Duration::from_secs(600),
+    }
+}
+
+#[tokio::test]
+async fn published_events_are_fetched_in_order_across_streams_and_acked_once() {
+    let redis = transport("fetch_order").await;
+    redis.register(&spec("s")).await.unwrap();
+    let key = "student-1";
+    let events: Vec<Recorded> = (1..=6)
+        .map(|i| {
+            let ty = if i % 2 == 0 {
+                "grading.updated"
+            } else {
+                "attendance.marked"
+            };
+            event(i, ty, key)
+        })
+        .collect();
+    redis.publish(&events).await.unwrap();
+    let me = ConsumerId("c1".into());
+    let leases = redis
+        .rebalance("s", &me, lease_options(), &[])
+        .await
+        .unwrap()
+        .leases;
+    assert_eq!(
+        leases.len(),
+        PARTITIONS as usize,
+        "a lone consumer holds every partition"
+    );
+    let lease = leases
+        .iter()
+        .find(|l| l.partition == partition_of(key, PARTITIONS))
+        .unwrap();
+    let fetched = redis.fetch(lease, 0, 0, 100).await.unwrap();
+    let positions: Vec<u64> = fetched
+        .deliveries
+        .iter()
+        .map(|d| d.event.position)
+        .collect();
+    assert_eq!(positions, [1, 2, 3, 4, 5, 6]);
+    let seqs: Vec<u64> = fetched.deliveries.iter().map(|d| d.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs increase: {seqs:?}"
+    );
+    assert!(fetched.deliveries.iter().all(|d| d.delivery_count == 1));
+    assert_eq!(fetched.deliveries[0].event.envelope, events[0].envelope);
+    redis.ack(lease, &seqs, &[]).await.unwrap();
+    let again = redis
+        .fetch(lease, fetched.scanned_to, 0, 100)
+        .await
+        .unwrap();
+    assert!(
+        again.deliveries.is_empty(),
+        "acked entries are not delivered again"
+    );
+    let stats = redis.stats().await.unwrap();
+    assert_eq!((stats[0].lag, stats[0].pending), (0, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_partition_taken_over_redelivers_pending_entries_with_their_count() {
+    let redis = transport("takeover").await;
+    redis.register(&spec("s")).await.unwrap();
+    redis
+        .publish(&[event(1, "attendance.marked", "k")])
+        .await
+        .unwrap();
+    let p = partition_of("k", PARTITIONS);
+    let short = LeaseOptions {
+        ttl: Duration::from_millis(100),
+        ..lease_options()
+    };
+    let a = ConsumerId("a".into());
+    let old = redis.rebalance("s", &a, short, &[]).await.unwrap().leases;
+    let old = old.into_iter().find(|l| l.partition == p).unwrap();
+    assert_eq!(
+        redis.fetch(&old, 0, 0, 10).await.unwrap().deliveries.len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = transport_like(&redis).await;
+    let b = ConsumerId("b".into());
+    let new = other
+        .rebalance("s", &b, lease_options(), &[])
+        .await
+        .unwrap();
+    let lease = new.leases.into_iter().find(|l| l.partition == p).unwrap();
+    assert!(lease.epoch > old.epoch);
+    let stale = redis.ack(&old, &[1], &[]).await.unwrap_err();
+    assert!(
+        matches!(stale, edubus_core::Error::Conflict { .. }),
+        "{stale}"
+    );
+    let again = other.fetch(&lease, 0, 0, 10).await.unwrap().deliveries;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery_count, 2, "the interrupted attempt counts");
+    let history = other.failures("s", 1).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].consumer, "a");
+}
+
+/// A second process on the same prefix.
+async fn transport_like(redis: &RedisStreams) -> RedisStreams {
+    RedisStreams::connect(redis.config().clone()).await.unwrap()
+}
+
+#[tokio::test]
+async fn three_consumers_share_partitions_and_keep_renewed_leases() {
+    let first = transport("sharing").await;
+    first.register(&spec("s")).await.unwrap();
+    let mut all = vec![first.clone()];
+    for _ in 0..2 {
+        all.push(transport_like(&first).await);
+    }
+    let options = LeaseOptions {
+        ttl: Duration::from_millis(900),
+        claim_after: Duration::from_secs(600),
+    };
+    let mut last: Vec<Vec<(u32, u64)>> = vec![Vec::new(); 3];
+    let mut changes_after_settling = 0;
+    for round in 0..15 {
+        for (i, t) in all.iter().enumerate() {
+            let me = ConsumerId(format!("c{i}"));
+            let leases = t.rebalance("s", &me, options, &[]).await.unwrap().leases;
+            let now: Vec<(u32, u64)> = leases.iter().map(|l| (l.partition, l.epoch)).collect();
+            if round >= 5 && now != last[i] {
+                changes_after_settling += 1;
+            }
+            last[i] = now;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let held: usize = last.iter().map(Vec::len).sum();
+    assert_eq!(
+        held, PARTITIONS as usize,
+        "every partition held once: {last:?}"
+    );
+    assert_eq!(
+        changes_after_settling, 0,
+        "leases moved while renewed: {last:?}"
+    );
+}
