@@ -13,6 +13,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
 }
 
+# A fresh clone gains nothing from incremental artifacts; they would double the disk used.
+[ -z "${CI:-}" ] || export CARGO_INCREMENTAL=0
+
 step "checking tools"
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
@@ -25,6 +28,10 @@ command -v python3 >/dev/null || apt_install python3 python3-pip
 if ! python3 -c 'import cloudevents, requests' 2>/dev/null; then
   python3 -m pip install --quiet cloudevents requests \
     || python3 -m pip install --quiet --break-system-packages cloudevents requests
+fi
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt 6000000 ]; then
+  echo "warning: $((free_kb / 1024)) MiB free here; a full build and test run needs about 6 GiB" >&2
 fi
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
 
