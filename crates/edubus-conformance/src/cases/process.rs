@@ -147,7 +147,7 @@ pub async fn three_processes_keep_key_order_under_failures<H: Harness>(
     for first in (events / 5..events).step_by(BATCH as usize) {
         published.extend(fx.publish(&batch(first)).await?);
     }
-    await_count(&fx, events, Duration::from_secs(120)).await?;
+    await_count(&fx, events, Duration::from_secs(300)).await?;
     for worker in workers {
         terminate(worker).await?;
     }
