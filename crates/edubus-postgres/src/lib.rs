@@ -146,6 +146,27 @@ impl PgStore {
         store::append_in(tx, &batch, self.inner.partitions).await
     }
 
+    /// Committed events not relayed yet, counted by event type: work the transport has not
+    /// seen, for subscription lag.
+    pub async fn outbox_backlog(&self) -> Result<std::collections::HashMap<String, u64>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT e.type, count(*) FROM outbox o JOIN events e USING (position) \
+                 GROUP BY e.type",
+                &[],
+            )
+            .await
+            .map_err(from_pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let n: i64 = r.get(1);
+                (r.get(0), u64::try_from(n).unwrap_or(0))
+            })
+            .collect())
+    }
+
     /// A pooled connection.
     pub(crate) async fn client(&self) -> Result<Object> {
         self.inner.pool.get().await.map_err(from_pool)

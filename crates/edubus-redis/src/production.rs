@@ -339,8 +339,26 @@ impl Transport for Production {
         Ok(out)
     }
 
+    /// The transport's stats, with the committed events the relay has not moved to Redis yet
+    /// counted in the lag of each subscription that takes their type.
     async fn stats(&self) -> Result<Vec<SubscriptionStats>> {
-        self.redis().stats().await
+        let mut stats = self.redis().stats().await?;
+        let backlog = self.store().outbox_backlog().await?;
+        if backlog.is_empty() {
+            return Ok(stats);
+        }
+        let specs = self.subscriptions().await?;
+        for s in &mut stats {
+            let Some(spec) = specs.iter().find(|spec| spec.name == s.subscription) else {
+                continue;
+            };
+            s.lag += backlog
+                .iter()
+                .filter(|(ty, _)| spec.types.is_empty() || spec.types.contains(*ty))
+                .map(|(_, n)| n)
+                .sum::<u64>();
+        }
+        Ok(stats)
     }
 
     async fn trim(&self, before: Timestamp) -> Result<u64> {

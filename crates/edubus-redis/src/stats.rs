@@ -19,8 +19,9 @@ struct GroupInfo {
 }
 
 impl RedisStreams {
-    /// Health of every registered subscription: lag and pending summed over its streams'
-    /// partitions, DLQ depth, live consumers, leased partitions and the newest event time.
+    /// Health of every registered subscription: lag (with queued replays) and pending summed
+    /// over its streams' partitions, DLQ depth, live consumers, leased partitions and the
+    /// newest event time.
     pub async fn stats(&self) -> Result<Vec<SubscriptionStats>> {
         let specs = self.subscriptions().await?;
         let mut out = Vec::with_capacity(specs.len());
@@ -50,6 +51,9 @@ impl RedisStreams {
             for p in 0..self.partitions() {
                 pipe.cmd("EXISTS").arg(self.keys().lease(&spec.name, p));
             }
+            for p in 0..self.partitions() {
+                pipe.cmd("XLEN").arg(self.keys().replay(&spec.name, p));
+            }
             for key in &keys {
                 pipe.cmd("XREVRANGE")
                     .arg(key)
@@ -71,6 +75,13 @@ impl RedisStreams {
                 .take(partitions)
                 .filter(|v| entry::int(v) == Some(1))
                 .count();
+            // Queued replays are deliveries still to make.
+            lag += it
+                .by_ref()
+                .take(partitions)
+                .filter_map(|v| entry::int(&v))
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .sum::<u64>();
             let mut last: Option<(u64, u64)> = None;
             for v in it {
                 if let Some(e) = entry::entries_of(v)?.into_iter().next() {

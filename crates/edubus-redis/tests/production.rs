@@ -11,25 +11,27 @@ use edubus_redis::{Production, RedisConfig};
 use serde_json::json;
 
 async fn production(test: &str) -> Production {
+    open(test, true).await
+}
+
+async fn open(test: &str, relay: bool) -> Production {
     let schema = edubus_testsupport::postgres().schema(test).await;
-    let routes: BTreeMap<String, String> = [(
-        "attendance.marked".to_owned(),
-        "attendance.marked".to_owned(),
-    )]
-    .into();
+    let routes: BTreeMap<String, String> = ["attendance.marked", "grading.updated"]
+        .map(|t| (t.to_owned(), t.to_owned()))
+        .into();
     let redis = RedisConfig::new(edubus_testsupport::redis().url())
         .with_prefix(edubus_testsupport::unique_prefix(test))
         .with_partitions(4)
         .with_block(Duration::from_millis(20))
         .with_routes(routes);
-    let relay = RelayOptions {
+    let relay_options = RelayOptions {
         poll_interval: Duration::from_millis(50),
         ..RelayOptions::default()
     };
     Production::open(
         PgConfig::new(schema.url()).with_partitions(4),
         redis,
-        Some(relay),
+        relay.then_some(relay_options),
     )
     .await
     .expect("open the production deployment")
@@ -78,4 +80,48 @@ async fn appended_events_reach_a_subscription_through_the_relay() {
     let positions: Vec<u64> = got.iter().map(|d| d.event.position).collect();
     let expected: Vec<u64> = appended.iter().map(|a| a.position).collect();
     assert_eq!(positions, expected);
+}
+
+/// Lag counts what a subscription still has to receive: committed events the relay has not
+/// moved to Redis yet (here no relay runs), and queued replays.
+#[tokio::test]
+async fn lag_counts_unrelayed_events_and_queued_replays() {
+    let prod = open("lag_outbox", false).await;
+    for name in ["marks", "others"] {
+        prod.register(&SubscriptionSpec {
+            name: name.into(),
+            types: vec![
+                if name == "marks" {
+                    "attendance.marked"
+                } else {
+                    "grading.updated"
+                }
+                .into(),
+            ],
+            ordered: true,
+            start: StartFrom::Beginning,
+        })
+        .await
+        .unwrap();
+    }
+    prod.append((1..=3).map(|n| append("k", n)).collect())
+        .await
+        .unwrap();
+    let lag = |stats: &[edubus_core::SubscriptionStats], name: &str| {
+        stats.iter().find(|s| s.subscription == name).map(|s| s.lag)
+    };
+    let stats = prod.stats().await.unwrap();
+    assert_eq!(lag(&stats, "marks"), Some(3), "{stats:?}");
+    assert_eq!(lag(&stats, "others"), Some(0), "{stats:?}");
+
+    let queued = edubus_core::Replay::replay(&prod, "marks", 0, None, "test")
+        .await
+        .unwrap();
+    assert_eq!(queued, 3);
+    let stats = prod.stats().await.unwrap();
+    assert_eq!(
+        lag(&stats, "marks"),
+        Some(6),
+        "3 unrelayed + 3 queued replays: {stats:?}"
+    );
 }
