@@ -140,6 +140,11 @@ async fn attempts<B: EventStore + Transport>(
     let policy = sub.options.retry;
     beat.now();
     let mut attempt = delivery.delivery_count;
+    if !subscribed(sub, &delivery.event.envelope.event_type) {
+        // A transport that delivers whole streams (Redis) also hands over the other types
+        // of a shared stream: they are not this subscription's business, only settled.
+        return Finished::Duplicate;
+    }
     match start {
         Start::Fresh => {}
         Start::Seen => {
@@ -189,6 +194,16 @@ async fn attempts<B: EventStore + Transport>(
         }
         attempt += 1;
     }
+}
+
+/// Whether the subscription handles some version of `event_type` (a canonical name or an
+/// alias of one).
+fn subscribed<B: EventStore + Transport>(sub: &SubState<B>, event_type: &str) -> bool {
+    let catalog = sub.bus.validator().catalog();
+    let name = catalog
+        .resolve(event_type)
+        .map_or(event_type, |spec| spec.name.as_str());
+    sub.handlers.keys().any(|(handled, _)| handled == name)
 }
 
 /// Records a failed attempt and waits out the backoff, or returns the dead letter.
