@@ -81,8 +81,10 @@ impl PgStore {
     /// in order. A failing work rolls back its commit entirely (no inbox row, no event).
     ///
     /// Commits without work share one transaction; if it fails they are retried one by one,
-    /// so one bad commit cannot fail or half-write another. Commits with work share another,
-    /// each inside its own savepoint, so a failing work rolls back only itself.
+    /// so one bad commit cannot fail or half-write another. Commits with work share another:
+    /// each work runs in its own savepoint (a failing work rolls back only itself), and the
+    /// events of all of them are appended once at the end, so the transaction takes the
+    /// partitions' append locks after every work's own locks and in ascending order.
     pub async fn commit(&self, subscription: &str, commits: Vec<Commit>) -> Vec<Result<Committed>> {
         let mut results: Vec<Option<Result<Committed>>> = commits.iter().map(|_| None).collect();
         let (plain, with_work): (Vec<_>, Vec<_>) = commits
@@ -175,9 +177,9 @@ impl PgStore {
             .collect())
     }
 
-    /// Commits handled events with work in one transaction, each inside its own savepoint: a
-    /// failing work rolls back only its own inbox row, writes and events. If the transaction
-    /// itself fails to commit, every commit fails (and is retried by its caller).
+    /// Commits handled events with work in one transaction: each work in its own savepoint,
+    /// then one append of every handled commit's events. If the transaction fails (the append
+    /// included), every commit fails and is retried by its caller.
     async fn commit_grouped(
         &self,
         subscription: &str,
@@ -185,22 +187,38 @@ impl PgStore {
     ) -> Result<Vec<Result<Committed>>> {
         let mut client = self.client().await?;
         let mut tx = client.transaction().await.db()?;
-        let mut out = Vec::with_capacity(commits.len());
+        // Per commit: the events to append (handled) or the outcome already known.
+        let mut staged: Vec<Result<Option<Vec<Append>>>> = Vec::with_capacity(commits.len());
         for commit in commits {
             let savepoint = tx.transaction().await.db()?;
-            match commit_in(&savepoint, subscription, commit, self.partitions()).await {
-                Ok(done) => {
+            match stage_in(&savepoint, subscription, commit).await {
+                Ok(events) => {
                     savepoint.commit().await.db()?;
-                    out.push(Ok(done));
+                    staged.push(Ok(events));
                 }
                 Err(e) => {
                     savepoint.rollback().await.db()?;
-                    out.push(Err(e));
+                    staged.push(Err(e));
                 }
             }
         }
+        let all: Vec<Append> = staged
+            .iter()
+            .flat_map(|s| s.iter().flatten().flatten().cloned())
+            .collect();
+        let mut appended = append_in(&tx, &all, self.partitions()).await?.into_iter();
         tx.commit().await.db()?;
-        Ok(out)
+        Ok(staged
+            .into_iter()
+            .map(|s| {
+                s.map(|events| match events {
+                    Some(events) => {
+                        Committed::Handled(appended.by_ref().take(events.len()).collect())
+                    }
+                    None => Committed::Duplicate,
+                })
+            })
+            .collect())
     }
 
     /// Commits one handled event in its own transaction, running its work.
@@ -213,13 +231,13 @@ impl PgStore {
     }
 }
 
-/// Records one handled event in `tx`: the inbox row, its work, its events.
-async fn commit_in(
+/// Records one handled event's inbox row and runs its work in `tx`; returns the events to
+/// append (the work's, then `caused`), or `None` for a duplicate.
+async fn stage_in(
     tx: &Transaction<'_>,
     subscription: &str,
     commit: Commit,
-    partitions: u32,
-) -> Result<Committed> {
+) -> Result<Option<Vec<Append>>> {
     let new = tx
         .query_typed(
             "INSERT INTO inbox (subscription, event_id) VALUES ($1, $2)
@@ -229,16 +247,27 @@ async fn commit_in(
         .await
         .db()?;
     if new.is_empty() {
-        return Ok(Committed::Duplicate);
+        return Ok(None);
     }
     let mut events = match commit.work {
         Some(work) => run_work(tx, work).await?,
         None => Vec::new(),
     };
     events.extend(commit.caused);
-    Ok(Committed::Handled(
-        append_in(tx, &events, partitions).await?,
-    ))
+    Ok(Some(events))
+}
+
+/// Records one handled event in `tx`: the inbox row, its work, its events.
+async fn commit_in(
+    tx: &Transaction<'_>,
+    subscription: &str,
+    commit: Commit,
+    partitions: u32,
+) -> Result<Committed> {
+    Ok(match stage_in(tx, subscription, commit).await? {
+        Some(events) => Committed::Handled(append_in(tx, &events, partitions).await?),
+        None => Committed::Duplicate,
+    })
 }
 
 /// Runs a handler's work; its error (or panic) fails only its own commit.

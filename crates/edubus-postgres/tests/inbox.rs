@@ -87,6 +87,7 @@ async fn a_failing_work_rolls_back_its_inbox_row_writes_and_caused_events() {
     let (_schema, store) = store("inbox_failing_work").await;
     business_table(&store).await;
     let caused = append("student-1", 1);
+    let kept = append("student-2", 2);
     let results = store
         .commit(
             "grading",
@@ -99,7 +100,7 @@ async fn a_failing_work_rolls_back_its_inbox_row_writes_and_caused_events() {
                 Commit {
                     event_id: "good".into(),
                     work: Some(grade("good", false)),
-                    caused: vec![],
+                    caused: vec![kept.clone()],
                 },
             ],
         )
@@ -108,7 +109,20 @@ async fn a_failing_work_rolls_back_its_inbox_row_writes_and_caused_events() {
     let err = results[0].as_ref().expect_err("the work failed");
     assert_eq!(err.kind(), ErrorKind::Internal);
     assert!(err.to_string().contains("rejected"), "{err}");
-    assert!(matches!(results[1], Ok(Committed::Handled(_))));
+    let Ok(Committed::Handled(appended)) = &results[1] else {
+        panic!("the good commit is handled: {:?}", results[1]);
+    };
+    assert_eq!(
+        appended.len(),
+        2,
+        "its work's event and its caused one only"
+    );
+    let stored = store
+        .get(&kept.envelope.id)
+        .await
+        .unwrap()
+        .expect("appended");
+    assert_eq!(stored.position, appended[1].position);
     assert_eq!(grades(&store).await, vec!["good".to_owned()]);
     assert!(store.get(&caused.envelope.id).await.unwrap().is_none());
     let seen = store
