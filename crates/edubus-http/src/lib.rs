@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod flows;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
@@ -28,7 +29,7 @@ use edubus_core::Result;
 use edubus_runtime::Bus;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OnceCell, Semaphore, watch};
 use tracing::Instrument as _;
 
 pub use config::{HealthThresholds, HttpConfig, TokenConfig};
@@ -36,6 +37,7 @@ pub use error::ApiError;
 pub use webhook::{WebhookConfig, WebhookRetry};
 
 pub use edubus_core::Backend;
+pub use edubus_flows::FlowBackend;
 
 /// What every handler shares.
 pub(crate) struct AppState<B: Backend> {
@@ -47,6 +49,8 @@ pub(crate) struct AppState<B: Backend> {
     pub(crate) in_flight: Arc<Semaphore>,
     /// Turns true when the server shuts down, ending live tails.
     pub(crate) closing: watch::Sender<bool>,
+    /// Set once the flows' read-model tables are known to exist.
+    pub(crate) flows_ready: OnceCell<()>,
 }
 
 pub(crate) type Shared<B> = Arc<AppState<B>>;
@@ -58,10 +62,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway publishing through `bus`; fails on a malformed token or scope in `config`.
+    /// A gateway publishing through `bus` and serving the reference flows' read models
+    /// ([`flows`]); fails on a malformed token or scope in `config`.
     ///
     /// Installs the process-wide Prometheus recorder ([`metrics::install`]) if none is yet.
-    pub fn new<B: Backend>(bus: Bus<B>, config: HttpConfig) -> Result<Self> {
+    pub fn new<B: FlowBackend>(bus: Bus<B>, config: HttpConfig) -> Result<Self> {
         let tokens = token::Tokens::new(&config.tokens)?;
         let metrics = metrics::install();
         let (closing, _) = watch::channel(false);
@@ -72,6 +77,7 @@ impl Gateway {
             tokens,
             metrics,
             closing: closing.clone(),
+            flows_ready: OnceCell::new(),
             config,
         });
         Ok(Self {
@@ -102,7 +108,7 @@ impl Gateway {
     }
 }
 
-fn router<B: Backend>(state: Shared<B>) -> Router {
+fn router<B: FlowBackend>(state: Shared<B>) -> Router {
     let body_limit = state.config.body_limit;
     let api = Router::new()
         .route(
@@ -122,6 +128,17 @@ fn router<B: Backend>(state: Shared<B>) -> Router {
         .route("/v1/dlq/{id}", get(ops::dlq_show::<B>))
         .route("/v1/dlq/replay", post(ops::dlq_replay::<B>))
         .route("/v1/dlq/purge", post(ops::dlq_purge::<B>))
+        .route("/v1/flows", get(flows::counts::<B>))
+        .route("/v1/flows/students/{id}", get(flows::student::<B>))
+        .route("/v1/flows/applications", get(flows::applications::<B>))
+        .route("/v1/flows/applications/{id}", get(flows::application::<B>))
+        .route(
+            "/v1/flows/applications/{id}/approve",
+            post(flows::approve::<B>),
+        )
+        .route("/v1/flows/access/{id}", get(flows::access::<B>))
+        .route("/v1/flows/orders/{id}", get(flows::order::<B>))
+        .route("/v1/flows/batches/{id}", get(flows::batch::<B>))
         .route("/health/events", get(health::events::<B>))
         .route("/readyz", get(health::ready::<B>))
         .route("/metrics", get(metrics::scrape::<B>))

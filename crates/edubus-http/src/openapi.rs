@@ -3,21 +3,24 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{catalog, error, health, metrics, ops, publish, query, stream};
+use crate::{catalog, error, flows, health, metrics, ops, publish, query, stream};
 
 /// The API description, assembled from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "edubus HTTP API", description = "Publish CloudEvents, query the log, read the catalog, watch health."),
+    info(title = "edubus HTTP API", description = "Publish CloudEvents, query the log, read the catalog and the flows' read models, watch health."),
     paths(
         publish::publish, query::list, query::get, query::trace, stream::stream,
         catalog::list, catalog::show, catalog::schema, catalog::asyncapi,
         ops::subscriptions, ops::dlq_list, ops::dlq_show, ops::dlq_replay, ops::dlq_purge,
+        flows::counts, flows::student, flows::applications, flows::application, flows::approve,
+        flows::access, flows::order, flows::batch,
         health::events, health::live, health::ready, metrics::scrape, document,
     ),
     components(schemas(
         error::ApiError, publish::Published, publish::PublishedEvent, query::EventPage,
         query::StoredEvent, ops::Selection, ops::Affected, health::Status, health::SubscriptionHealth,
+        flows::Counts, flows::Applications, flows::ApproveBody, flows::ApprovedEvent,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -156,6 +156,14 @@ async fn the_openapi_document_describes_every_route() {
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/v1/flows",
+        "/v1/flows/students/{id}",
+        "/v1/flows/applications",
+        "/v1/flows/applications/{id}",
+        "/v1/flows/applications/{id}/approve",
+        "/v1/flows/access/{id}",
+        "/v1/flows/orders/{id}",
+        "/v1/flows/batches/{id}",
     ] {
         assert!(
             paths.contains_key(path),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use edubus_flows::FlowConfig;
 use edubus_http::{HttpConfig, WebhookConfig};
 use serde::Deserialize;
 
@@ -39,6 +40,39 @@ pub struct Config {
     /// Webhook subscriptions run by `edubus serve` (`[[webhook]]`).
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<WebhookConfig>,
+    /// The reference flows `edubus serve` runs (`[flows]`).
+    #[serde(default)]
+    pub flows: FlowsConfig,
+}
+
+/// The `[flows]` table: whether `edubus serve` runs the reference flows, and their settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowsConfig {
+    /// Run the flows' subscriptions (`EDUBUS_FLOWS`, default true; `--no-flows` overrides).
+    pub enabled: bool,
+    /// Distinct days absent at which `attendance.threshold_breached` is published
+    /// (`EDUBUS_ABSENCE_THRESHOLD`, default 10).
+    pub absence_threshold: u32,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            absence_threshold: FlowConfig::default().absence_threshold,
+        }
+    }
+}
+
+impl FlowsConfig {
+    /// The flows' settings, or `None` when they are disabled.
+    pub fn flow_config(&self) -> Option<FlowConfig> {
+        self.enabled.then(|| FlowConfig {
+            absence_threshold: self.absence_threshold,
+            ..FlowConfig::default()
+        })
+    }
 }
 
 impl Default for Config {
@@ -51,6 +85,7 @@ impl Default for Config {
             retention: None,
             http: HttpConfig::default(),
             webhooks: Vec::new(),
+            flows: FlowsConfig::default(),
         }
     }
 }
@@ -115,10 +150,25 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("EDUBUS_RETENTION: {e}"))?,
             );
         }
+        if let Some(v) = var("EDUBUS_FLOWS") {
+            self.flows.enabled = match v.as_str() {
+                "true" | "1" | "on" => true,
+                "false" | "0" | "off" => false,
+                _ => bail!("EDUBUS_FLOWS=`{v}` is not a boolean (true or false)"),
+            };
+        }
+        if let Some(v) = var("EDUBUS_ABSENCE_THRESHOLD") {
+            self.flows.absence_threshold = v
+                .parse()
+                .with_context(|| format!("EDUBUS_ABSENCE_THRESHOLD=`{v}` is not a whole number"))?;
+        }
         Ok(())
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        if self.flows.absence_threshold == 0 {
+            bail!("[flows] absence_threshold must be at least 1 day");
+        }
         if self.partitions == 0 || self.partitions > 4096 {
             bail!(
                 "partitions must be between 1 and 4096, not {}",
@@ -209,6 +259,32 @@ mod tests {
         assert_eq!(names, ["grades", "attendance"]);
         assert!(!config.webhooks[1].ordered);
         assert!(Config::default().webhooks.is_empty());
+    }
+
+    #[test]
+    fn flows_run_by_default_and_are_configured_by_the_flows_table() {
+        let default = Config::default();
+        assert_eq!(
+            default.flows.flow_config().map(|f| f.absence_threshold),
+            Some(10)
+        );
+        let mut config: Config =
+            toml::from_str("[flows]\nenabled = false\nabsence_threshold = 3\n").unwrap();
+        assert!(config.flows.flow_config().is_none());
+        config
+            .apply_env(|name| match name {
+                "EDUBUS_FLOWS" => Some("true".to_owned()),
+                "EDUBUS_ABSENCE_THRESHOLD" => Some("5".to_owned()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            config.flows.flow_config().map(|f| f.absence_threshold),
+            Some(5)
+        );
+        assert!(toml::from_str::<Config>("[flows]\nthreshold = 3\n").is_err());
+        config.flows.absence_threshold = 0;
+        assert!(config.check().is_err());
     }
 
     #[test]

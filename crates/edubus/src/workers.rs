@@ -1,5 +1,5 @@
-//! The work `edubus serve` runs: the application's subscriptions with their typed handlers,
-//! the configured webhooks, and the built-in maintenance.
+//! The work `edubus serve` runs: the reference flows (`edubus_flows`), the configured
+//! webhooks, and the built-in maintenance.
 //!
 //! A deployment adds its subscriptions in [`registry`], each followed by its handlers:
 //!
@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use edubus_core::{Error, EventStore, Result, Transport};
+use edubus_core::{Error, Result, Transport};
+use edubus_flows::{FlowBackend, FlowConfig};
 use edubus_http::WebhookConfig;
 use edubus_runtime::{Bus, Worker, WorkerBuilder};
 use jiff::Timestamp;
@@ -19,14 +20,17 @@ use tokio::sync::watch;
 
 use crate::cli::common::human_duration;
 
-/// What `serve` was asked to run besides the registered subscriptions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What `serve` was asked to run.
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
     /// Trim transport entries older than this. Off by default: the embedded log is also the
     /// audit store and keeps everything.
     pub retention: Option<Duration>,
     /// Webhook subscriptions (`[[webhook]]`), each run as a subscription of the worker.
     pub webhooks: Vec<WebhookConfig>,
+    /// The reference flows' settings; `None` runs without them (`--no-flows`). Call
+    /// [`FlowBackend::prepare`] before running a registry with flows.
+    pub flows: Option<FlowConfig>,
 }
 
 /// A built-in maintenance task.
@@ -46,24 +50,28 @@ pub enum Maintenance {
 pub struct Registry<B: Transport> {
     /// The subscriptions and their handlers.
     pub worker: WorkerBuilder<B>,
-    /// The names of those subscriptions, for the start-up banner.
+    /// The names of those subscriptions (webhooks, then flows), for the start-up banner.
     pub subscriptions: Vec<String>,
+    /// Whether the reference flows are among them.
+    pub flows: bool,
     /// The built-in maintenance.
     pub maintenance: Vec<Maintenance>,
 }
 
-/// The workers this binary registers: the configured webhooks (there is no application
-/// subscription yet); the maintenance is retention trimming when a retention is set. Fails on
-/// a webhook the catalog cannot serve.
-pub fn registry<B: EventStore + Transport>(
-    bus: &Bus<B>,
-    settings: &Settings,
-) -> Result<Registry<B>> {
-    let worker = edubus_http::webhook::register(
+/// The workers this binary registers: the configured webhooks and, unless disabled, every
+/// reference flow; the maintenance is retention trimming when a retention is set. Fails on a
+/// webhook the catalog cannot serve.
+pub fn registry<B: FlowBackend>(bus: &Bus<B>, settings: &Settings) -> Result<Registry<B>> {
+    let mut worker = edubus_http::webhook::register(
         Worker::builder(bus.clone()),
         bus.validator().catalog(),
         &settings.webhooks,
     )?;
+    let mut subscriptions: Vec<String> = settings.webhooks.iter().map(|w| w.name.clone()).collect();
+    if let Some(flows) = &settings.flows {
+        worker = edubus_flows::register(worker, flows);
+        subscriptions.extend(edubus_flows::SUBSCRIPTIONS.map(str::to_owned));
+    }
     let maintenance = settings
         .retention
         .map(|keep| Maintenance::Retention {
@@ -74,7 +82,8 @@ pub fn registry<B: EventStore + Transport>(
         .collect();
     Ok(Registry {
         worker,
-        subscriptions: settings.webhooks.iter().map(|w| w.name.clone()).collect(),
+        subscriptions,
+        flows: settings.flows.is_some(),
         maintenance,
     })
 }

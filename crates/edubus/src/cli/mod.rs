@@ -4,8 +4,10 @@ mod bench;
 mod catalog;
 pub(crate) mod common;
 mod data;
+mod demo;
 mod dlq;
 mod envelope;
+mod flows;
 mod progress;
 mod publish;
 mod replay;
@@ -65,6 +67,10 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// Redeliver stored events to one subscription, marked as a replay.
     Replay(replay::ReplayArgs),
+    /// Runs a simulated school on every reference flow, then keeps serving.
+    Demo(demo::DemoArgs),
+    /// Reads the reference flows' read models; staff actions such as approving enrollments.
+    Flows(flows::FlowsArgs),
     /// Load generator: publish (and deliver) events and report throughput and latency.
     Bench(bench::BenchArgs),
     /// Apply the event store's schema migrations (the embedded one, or PostgreSQL when
@@ -127,6 +133,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(args) => block_on(trace::run(args, data)),
         Command::Dlq(args) => block_on(dlq::run(args, data)),
         Command::Replay(args) => block_on(replay::run(args, data)),
+        Command::Demo(args) => block_on(demo::run(args, data)),
+        Command::Flows(args) => block_on(flows::run(args, data)),
         Command::Bench(args) => block_on(bench::run(args)),
         Command::Migrate(args) => block_on(data::migrate(args, data)),
         Command::Token(cmd) => token::run(cmd),

@@ -1,5 +1,6 @@
-//! `edubus serve`: the embedded deployment with the workers this binary registers and the HTTP
-//! gateway, until SIGTERM or SIGINT; then a graceful drain and exit 0.
+//! `edubus serve`: the configured deployment with the workers this binary registers (the
+//! reference flows and the webhooks) and the HTTP gateway, until SIGTERM or SIGINT; then a
+//! graceful drain and exit 0.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use edubus_catalog::Catalog;
 use edubus_core::SubscriptionStats;
+use edubus_flows::FlowBackend;
 use edubus_http::Gateway;
 use edubus_runtime::{Bus, shutdown_signal};
 use jiff::Timestamp;
@@ -39,6 +41,9 @@ pub struct ServeArgs {
     /// [default: `[http] listen` of the configuration, else 127.0.0.1:7400]
     #[arg(long, env = "EDUBUS_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
     listen: Option<Listen>,
+    /// Run without the reference flows (as `[flows] enabled = false`).
+    #[arg(long)]
+    no_flows: bool,
     #[command(flatten)]
     data: DataArg,
     #[command(flatten)]
@@ -96,7 +101,7 @@ async fn armed(mut signal: Shutdown) -> Shutdown {
     }
 }
 
-async fn serve<B: Backend>(
+async fn serve<B: FlowBackend>(
     backend: B,
     catalog: Catalog,
     dir: PathBuf,
@@ -104,9 +109,17 @@ async fn serve<B: Backend>(
     signal: Shutdown,
 ) -> anyhow::Result<ExitCode> {
     let bus = Bus::new(backend.clone(), &catalog, "edubus-serve")?;
+    let flows = match args.no_flows {
+        true => None,
+        false => data::config().flows.flow_config(),
+    };
+    if flows.is_some() {
+        backend.prepare().await?;
+    }
     let settings = Settings {
         retention: args.retention.or(data::config().retention),
         webhooks: data::config().webhooks.clone(),
+        flows,
     };
     let registry = workers::registry(&bus, &settings)?;
     let listen = args
@@ -152,7 +165,7 @@ async fn serve<B: Backend>(
 type Task = edubus_core::Result<()>;
 
 /// The HTTP gateway over `bus`, bound to `addr` (binding now, so a busy port fails start-up).
-async fn gateway<B: Backend>(
+async fn gateway<B: FlowBackend>(
     bus: &Bus<B>,
     addr: SocketAddr,
 ) -> anyhow::Result<(Gateway, TcpListener)> {
@@ -215,7 +228,8 @@ fn banner<B: Backend>(
     if json {
         let out = json!({
             "event": "started", "data": db, "catalog_events": catalog.names().len(),
-            "subscriptions": registry.subscriptions, "maintenance": maintenance, "http": http,
+            "subscriptions": registry.subscriptions, "flows": registry.flows,
+            "maintenance": maintenance, "http": http,
         });
         outln!("{}", serde_json::to_string(&out)?);
         return Ok(());
@@ -229,6 +243,13 @@ fn banner<B: Backend>(
             "none registered"
         } else {
             &subs
+        }
+    );
+    outln!(
+        "flows: {}",
+        match registry.flows {
+            true => "on (`edubus flows` reads their read models)",
+            false => "off (--no-flows or [flows] enabled = false)",
         }
     );
     outln!(
