@@ -6,10 +6,43 @@ use std::sync::PoisonError;
 
 use edubus_core::{Delivery, Error, Fetched, Lease, Result};
 use jiff::Timestamp;
-use redis::Value;
+use redis::{Script, Value};
 
 use crate::entry::{self, Entry};
 use crate::{RedisStreams, Subscription, conn};
+
+/// Reads new entries for `consumer` only while it holds the lease with its epoch.
+/// KEYS: lease, stream keys...; ARGV: consumer, epoch, group, count. Returns the
+/// `XREADGROUP` reply, or `EMPTY` followed by each stream's last id when nothing is new.
+const READ: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return redis.error_reply('STALE the lease expired') end
+local owner, epoch = string.match(cur, '^(.*)|(%d+)|')
+if owner ~= ARGV[1] or epoch ~= ARGV[2] then
+  return redis.error_reply('STALE the lease was taken over by ' .. owner .. ' (epoch ' .. epoch .. ')')
+end
+local args = {'XREADGROUP', 'GROUP', ARGV[3], ARGV[1], 'COUNT', ARGV[4], 'STREAMS'}
+for k = 2, #KEYS do args[#args + 1] = KEYS[k] end
+for k = 2, #KEYS do args[#args + 1] = '>' end
+local reply = redis.call(unpack(args))
+if reply then return reply end
+local last = {'EMPTY'}
+for k = 2, #KEYS do
+  local top = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
+  if top[1] then last[#last + 1] = top[1][1] else last[#last + 1] = '0-0' end
+end
+return last
+";
+
+/// What a fenced read found.
+enum Read {
+    /// The `XREADGROUP` reply.
+    Entries(Value),
+    /// Nothing new; each stream's last entry id, to wait from.
+    Empty(Vec<String>),
+    /// A group was missing and is created again.
+    NoGroup,
+}
 
 impl RedisStreams {
     /// Up to `max` deliveries of the lease's partition: replay-queue entries with an id above
@@ -170,32 +203,32 @@ impl RedisStreams {
             .iter()
             .map(|s| self.keys().stream(s, lease.partition))
             .collect();
-        let block = crate::lease::millis(self.config().block);
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&sub.spec.name)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(block)
-            .arg("STREAMS")
-            .arg(&keys);
-        for _ in &keys {
-            cmd.arg(">");
-        }
-        let mut conn = self.inner.blocking.take().await?;
-        let reply: Value = match cmd.query_async(&mut conn).await {
-            Ok(v) => {
+        let reply = match self.fenced_read(sub, lease, consumer, &keys, max).await? {
+            Read::Entries(reply) => reply,
+            Read::NoGroup => return Ok(Vec::new()),
+            Read::Empty(last_ids) => {
+                // Wait for anything newer than what the streams held, without a group (a
+                // plain read changes nothing), then read through the fence again.
+                let block = crate::lease::millis(self.config().block);
+                let mut cmd = redis::cmd("XREAD");
+                cmd.arg("COUNT")
+                    .arg(1)
+                    .arg("BLOCK")
+                    .arg(block)
+                    .arg("STREAMS")
+                    .arg(&keys);
+                cmd.arg(&last_ids);
+                let mut conn = self.inner.blocking.take().await?;
+                let _: Value = cmd
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| conn::error("XREAD", &e))?;
                 self.inner.blocking.give_back(conn);
-                v
+                match self.fenced_read(sub, lease, consumer, &keys, max).await? {
+                    Read::Entries(reply) => reply,
+                    Read::NoGroup | Read::Empty(_) => return Ok(Vec::new()),
+                }
             }
-            Err(e) if e.code() == Some("NOGROUP") => {
-                self.inner.blocking.give_back(conn);
-                self.recreate_groups(sub, lease.partition).await?;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(conn::error("XREADGROUP", &e)),
         };
         let mut per_stream = Vec::new();
         for (key, entries) in entry::read_reply(reply)? {
@@ -209,6 +242,51 @@ impl RedisStreams {
             per_stream.push((i, key, entries));
         }
         self.deliveries(lease, per_stream, |_| 1).await
+    }
+
+    /// New entries for this consumer, read only while it holds the lease with its epoch: a
+    /// consumer that lost the lease must not move entries into its own pending list, where the
+    /// new owner would not look (`Conflict` then).
+    async fn fenced_read(
+        &self,
+        sub: &Subscription,
+        lease: &Lease,
+        consumer: &str,
+        keys: &[String],
+        max: usize,
+    ) -> Result<Read> {
+        let script = Script::new(READ);
+        let mut call = script.prepare_invoke();
+        call.key(self.keys().lease(&lease.subscription, lease.partition))
+            .key(keys)
+            .arg(consumer)
+            .arg(lease.epoch)
+            .arg(&sub.spec.name)
+            .arg(max);
+        let mut conn = self.conn();
+        match call.invoke_async::<Value>(&mut conn).await {
+            Ok(Value::Array(mut items))
+                if items.first() == Some(&Value::BulkString(b"EMPTY".to_vec())) =>
+            {
+                let last: Vec<String> = items
+                    .drain(1..)
+                    .map(|v| entry::string(v).unwrap_or_else(|_| "$".to_owned()))
+                    .collect();
+                Ok(Read::Empty(last))
+            }
+            Ok(reply) => Ok(Read::Entries(reply)),
+            Err(e) if e.code() == Some("STALE") => Err(Error::conflict(format!(
+                "partition {} of `{}`: {}",
+                lease.partition,
+                lease.subscription,
+                e.detail().unwrap_or("the lease moved")
+            ))),
+            Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP") => {
+                self.recreate_groups(sub, lease.partition).await?;
+                Ok(Read::NoGroup)
+            }
+            Err(e) => Err(conn::error("XREADGROUP", &e)),
+        }
     }
 
     /// Turns entries into deliveries merged by log position (each stream keeps its order),

@@ -158,6 +158,59 @@ async fn a_partition_taken_over_redelivers_pending_entries_with_their_count() {
     assert_eq!(history[0].consumer, "a");
 }
 
+/// A consumer whose lease moved cannot read new entries of the partition: they would land in
+/// its own pending list, after the new owner's takeover, where no one reads them.
+#[tokio::test]
+async fn a_consumer_that_lost_its_lease_reads_nothing_new() {
+    let redis = transport("fenced_read").await;
+    redis.register(&spec("s")).await.unwrap();
+    let p = partition_of("k", PARTITIONS);
+    let short = LeaseOptions {
+        ttl: Duration::from_millis(100),
+        ..lease_options()
+    };
+    let a = ConsumerId("a".into());
+    let old = redis.rebalance("s", &a, short, &[]).await.unwrap().leases;
+    let old = old.into_iter().find(|l| l.partition == p).unwrap();
+    assert!(
+        redis
+            .fetch(&old, 0, 0, 10)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = transport_like(&redis).await;
+    let b = ConsumerId("b".into());
+    let new = other
+        .rebalance("s", &b, lease_options(), &[])
+        .await
+        .unwrap();
+    let lease = new.leases.into_iter().find(|l| l.partition == p).unwrap();
+    assert!(
+        other
+            .fetch(&lease, 0, 0, 10)
+            .await
+            .unwrap()
+            .deliveries
+            .is_empty()
+    );
+    redis
+        .publish(&[event(1, "attendance.marked", "k")])
+        .await
+        .unwrap();
+
+    let stale = redis.fetch(&old, 0, 0, 10).await.unwrap_err();
+    assert!(
+        matches!(stale, edubus_core::Error::Conflict { .. }),
+        "{stale}"
+    );
+    let got = other.fetch(&lease, 0, 0, 10).await.unwrap().deliveries;
+    assert_eq!(got.len(), 1, "the new owner gets the entry");
+    assert_eq!(got[0].delivery_count, 1);
+}
+
 /// A second process on the same prefix.
 async fn transport_like(redis: &RedisStreams) -> RedisStreams {
     RedisStreams::connect(redis.config().clone()).await.unwrap()
