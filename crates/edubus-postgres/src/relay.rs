@@ -31,6 +31,9 @@ pub struct RelayOptions {
     pub poll_interval: Duration,
     /// Longest wait between retries after an error (default 5 s; the first wait is 100 ms).
     pub max_backoff: Duration,
+    /// Passes run side by side, each over its own share of the partitions (default 4): one
+    /// pass's database and sink round trips overlap with another's.
+    pub lanes: usize,
 }
 
 impl Default for RelayOptions {
@@ -39,6 +42,7 @@ impl Default for RelayOptions {
             batch: 1000,
             poll_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            lanes: 4,
         }
     }
 }
@@ -59,10 +63,10 @@ pub struct Relay<S> {
     options: RelayOptions,
 }
 
-/// Locks the free partitions that have outbox rows (held until the pass commits).
+/// Locks up to `$1` free partitions that have outbox rows (held until the pass commits).
 const LOCK_SQL: &str = "SELECT partition FROM relay_partitions r
     WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.partition = r.partition)
-    ORDER BY partition FOR UPDATE SKIP LOCKED";
+    ORDER BY partition LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 impl<S: Sink> Relay<S> {
     /// A relay of `store`'s outbox into `sink`.
@@ -79,21 +83,42 @@ impl<S: Sink> Relay<S> {
     pub async fn step(&self) -> Result<usize> {
         let mut total = 0;
         loop {
-            let n = self.pass().await?;
+            let (n, more) = self.round().await?;
             total += n;
-            if n < self.options.batch.max(1) {
+            if !more {
                 return Ok(total);
             }
         }
     }
 
-    /// One transaction: lock partitions, read a batch in position order, publish it, delete
-    /// it, commit. Uncommitted appends are invisible here, so never published.
-    async fn pass(&self) -> Result<usize> {
+    /// `lanes` passes side by side over disjoint partitions; returns how many events they
+    /// published and whether one of them filled a batch (more may be waiting).
+    async fn round(&self) -> Result<(usize, bool)> {
+        let lanes = self.options.lanes.max(1);
+        let share = self
+            .store
+            .partitions()
+            .div_ceil(u32::try_from(lanes).unwrap_or(1));
+        let share = i64::from(share.max(1));
+        let passes = futures_util::future::join_all((0..lanes).map(|_| self.pass(share))).await;
+        let full = self.options.batch.max(1);
+        let (mut total, mut more) = (0, false);
+        for pass in passes {
+            let n = pass?;
+            total += n;
+            more |= n >= full;
+        }
+        Ok((total, more))
+    }
+
+    /// One transaction: lock up to `share` partitions, read a batch in position order,
+    /// publish it, delete it, commit. Uncommitted appends are invisible here, so never
+    /// published.
+    async fn pass(&self, share: i64) -> Result<usize> {
         let mut client = self.store.client().await?;
         let tx = client.transaction().await.db()?;
         let locked: Vec<i32> = tx
-            .query_typed(LOCK_SQL, &[])
+            .query_typed(LOCK_SQL, &[(&share, Type::INT8)])
             .await
             .db()?
             .iter()
@@ -146,11 +171,11 @@ impl<S: Sink> Relay<S> {
                     tracing::warn!(error = %e, "relay cannot listen for notifications; polling");
                 }).ok();
             }
-            let wait = match self.pass().await {
-                Ok(n) => {
+            let wait = match self.round().await {
+                Ok((n, more)) => {
                     stats.relayed += n as u64;
                     backoff = Duration::ZERO;
-                    (n < self.options.batch.max(1)).then_some(self.options.poll_interval)
+                    (!more).then_some(self.options.poll_interval)
                 }
                 Err(e) if e.kind() == ErrorKind::Invalid => return Err(e),
                 Err(e) => {

@@ -11,11 +11,13 @@ use edubus_core::{EventStore, ReadQuery};
 use edubus_postgres::{PgStore, Relay, RelayOptions};
 use tokio::sync::oneshot;
 
+/// One lane: each step's passes are predictable (one pass takes every partition).
 fn options(batch: usize, poll: Duration) -> RelayOptions {
     RelayOptions {
         batch,
         poll_interval: poll,
         max_backoff: Duration::from_millis(200),
+        lanes: 1,
     }
 }
 
@@ -59,14 +61,24 @@ async fn append_concurrently(
 
 #[tokio::test]
 async fn step_relays_every_committed_event_once_in_per_partition_order() {
-    let (_schema, store) = store("relay_order").await;
+    for lanes in [1, 4] {
+        relays_in_order(lanes).await;
+    }
+}
+
+/// With `lanes` passes side by side, each over its own partitions.
+async fn relays_in_order(lanes: usize) {
+    let (_schema, store) = store(&format!("relay_order_{lanes}")).await;
     let batch = appends(250, 10);
     store.append(batch.clone()).await.unwrap();
     let recorder = Recorder::default();
     let relay = Relay::new(
         store.clone(),
         recorder.clone(),
-        options(64, Duration::from_secs(1)),
+        RelayOptions {
+            lanes,
+            ..options(64, Duration::from_secs(1))
+        },
     );
 
     assert_eq!(relay.step().await.unwrap(), 250);

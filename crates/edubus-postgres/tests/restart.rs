@@ -38,6 +38,7 @@ async fn the_relay_and_appenders_resume_after_a_restart_and_nothing_is_lost() {
             batch: 100,
             poll_interval: Duration::from_millis(50),
             max_backoff: Duration::from_millis(200),
+            ..RelayOptions::default()
         },
     );
     let (stop, stopped) = oneshot::channel::<()>();

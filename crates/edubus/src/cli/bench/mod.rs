@@ -72,6 +72,9 @@ pub struct BenchArgs {
     /// Concurrent publishing tasks.
     #[arg(long, default_value_t = 2, value_parser = positive)]
     publishers: usize,
+    /// relay: passes run side by side, each over its own partitions.
+    #[arg(long, default_value_t = RelayOptions::default().lanes, value_parser = positive)]
+    lanes: usize,
     /// redis, production: keep the run's Redis keys and PostgreSQL schema.
     #[arg(long)]
     keep: bool,

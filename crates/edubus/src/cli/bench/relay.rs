@@ -31,6 +31,7 @@ pub async fn measure(
     let backend = bus.backend();
     let options = RelayOptions {
         batch: args.batch,
+        lanes: args.lanes,
         ..RelayOptions::default()
     };
     let relay = Relay::new(backend.store().clone(), backend.redis().clone(), options);
