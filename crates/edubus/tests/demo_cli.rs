@@ -286,7 +286,7 @@ fn without_exit_the_demo_keeps_serving_until_sigterm() {
         .and_then(|r| r.split('/').next())
         .unwrap()
         .to_owned();
-    let (status, body) = get(&addr, "/health/events");
+    let (status, body) = edubus_testsupport::http_get(&addr, "/health/events");
     assert_eq!(status, 200, "{body}");
     let pid = child.id().to_string();
     assert!(
@@ -308,29 +308,6 @@ fn without_exit_the_demo_keeps_serving_until_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-}
-
-/// A plain HTTP/1.1 GET: the status code and the body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]

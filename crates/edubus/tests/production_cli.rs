@@ -48,29 +48,6 @@ impl Deployment {
     }
 }
 
-/// A plain HTTP/1.1 GET: the status code and the body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -130,7 +107,7 @@ fn serve_runs_the_production_deployment_and_stops_on_sigterm() {
         .lines()
         .find_map(|l| l.strip_prefix("http: http://"))
         .expect("the banner names the gateway's address");
-    let (status, body) = get(addr, "/health/events");
+    let (status, body) = edubus_testsupport::http_get(addr, "/health/events");
     assert_eq!(status, 200, "{body}");
     let health: Value = serde_json::from_str(&body).unwrap();
     assert!(health.get("status").is_some(), "{health}");

@@ -50,7 +50,8 @@ pub struct ServeArgs {
     catalog: CatalogArg,
 }
 
-type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// A shutdown signal, as `serve` and `demo` wait on it.
+pub(super) type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Where the HTTP gateway listens; `None` when it is off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,7 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
 
 /// Runs `edubus serve`.
 pub async fn run(args: ServeArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
-    init_logging();
+    init_logging(tracing_subscriber::filter::LevelFilter::INFO);
     let catalog = source::load(args.catalog.catalog.as_deref())?;
     let dir = args.data.clone().or(data);
     // Armed before anything is printed: a signal sent once `ready` shows is a graceful stop.
@@ -77,12 +78,13 @@ pub async fn run(args: ServeArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Logs of the runtime (dead letters, lost leases) on stderr; `EDUBUS_LOG` sets the level.
-fn init_logging() {
+/// Logs of the runtime (dead letters, lost leases) on stderr at `EDUBUS_LOG`'s level, else
+/// at `default`.
+pub(super) fn init_logging(default: tracing_subscriber::filter::LevelFilter) {
     let level = std::env::var("EDUBUS_LOG")
         .ok()
         .and_then(|l| l.parse().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+        .unwrap_or(default);
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
@@ -92,7 +94,7 @@ fn init_logging() {
 
 /// Polls the shutdown future once so its signal handlers are installed now, not at the first
 /// await of the serving loop.
-async fn armed(mut signal: Shutdown) -> Shutdown {
+pub(super) async fn armed(mut signal: Shutdown) -> Shutdown {
     let fired = std::future::poll_fn(|cx| Poll::Ready(signal.as_mut().poll(cx).is_ready())).await;
     if fired {
         Box::pin(std::future::ready(()))
@@ -165,15 +167,18 @@ async fn serve<B: FlowBackend>(
 type Task = edubus_core::Result<()>;
 
 /// The HTTP gateway over `bus`, bound to `addr` (binding now, so a busy port fails start-up).
-async fn gateway<B: FlowBackend>(
+pub(super) async fn gateway<B: FlowBackend>(
     bus: &Bus<B>,
     addr: SocketAddr,
 ) -> anyhow::Result<(Gateway, TcpListener)> {
     let config = data::config().http.clone().with_listen(addr);
     let gateway = Gateway::new(bus.clone(), config)?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (use --listen ADDR or off): {e}"))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: {e}\n  is another edubus serving there? pick another \
+             address with --listen ADDR (--listen 127.0.0.1:0 takes any free port)"
+        )
+    })?;
     Ok((gateway, listener))
 }
 

@@ -18,19 +18,15 @@ mod term;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::task::Poll;
 
 use anyhow::{Context as _, bail};
 use edubus_catalog::Catalog;
 use edubus_core::{Event, ReadQuery};
 use edubus_events::EnrollmentSubmitted;
 use edubus_flows::{FlowBackend, FlowConfig, SUBSCRIPTIONS};
-use edubus_http::Gateway;
 use edubus_runtime::{Bus, shutdown_signal};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use self::client::Publisher;
@@ -39,6 +35,7 @@ use self::ledger::Ledger;
 use self::school::Ids;
 use self::summary::Summary;
 use super::data::{self, DataArg};
+use super::serve::{Shutdown, armed, gateway, init_logging};
 use super::{CatalogArg, outln, progress, source};
 
 /// Arguments of `edubus demo`.
@@ -91,11 +88,10 @@ fn positive_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// Runs `edubus demo`.
 pub async fn run(args: DemoArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
-    init_logging();
+    // Errors only by default: the dead letters a demo provokes are in its summary.
+    init_logging(tracing_subscriber::filter::LevelFilter::ERROR);
     let catalog = source::load(args.catalog.catalog.as_deref())?;
     let dir = args.data.clone().or(data);
     if !data::config().http.tokens.is_empty() && args.token.is_none() {
@@ -109,30 +105,6 @@ pub async fn run(args: DemoArgs, data: PathBuf) -> anyhow::Result<ExitCode> {
     data::with_backend!(&dir, &catalog, relay = true, |backend| demo(
         backend, &catalog, &dir, &args, signal
     ))
-}
-
-/// Logs on stderr at `EDUBUS_LOG` level, errors only by default: the dead letters a demo
-/// provokes are reported in its summary.
-fn init_logging() {
-    let level = std::env::var("EDUBUS_LOG")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::ERROR);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
-
-/// Polls the shutdown future once so its signal handlers are installed now.
-async fn armed(mut signal: Shutdown) -> Shutdown {
-    let fired = std::future::poll_fn(|cx| Poll::Ready(signal.as_mut().poll(cx).is_ready())).await;
-    if fired {
-        Box::pin(std::future::ready(()))
-    } else {
-        signal
-    }
 }
 
 async fn demo<B: FlowBackend>(
@@ -150,7 +122,8 @@ async fn demo<B: FlowBackend>(
     let start = backend.head().await?;
     let bus = Bus::new(backend.clone(), catalog, "edubus-flows")?;
     let latency = Arc::new(Latency::default());
-    let (gateway, listener) = bind(&bus, args.listen.unwrap_or(data::config().http.listen)).await?;
+    let (gateway, listener) =
+        gateway(&bus, args.listen.unwrap_or(data::config().http.listen)).await?;
     let addr = listener.local_addr()?;
     let (stop, stop_rx) = watch::channel(false);
     let http = tokio::spawn(gateway.serve(listener, fleet::stopped(stop_rx)));
@@ -254,20 +227,4 @@ async fn next_school<B: FlowBackend>(backend: &B, seed: u64) -> anyhow::Result<u
         }
     }
     bail!("this data already holds 10000 demo schools of seed {seed}: use another --seed")
-}
-
-/// The HTTP gateway over `bus`, bound to `addr` now so a busy port fails at once.
-async fn bind<B: FlowBackend>(
-    bus: &Bus<B>,
-    addr: SocketAddr,
-) -> anyhow::Result<(Gateway, TcpListener)> {
-    let config = data::config().http.clone().with_listen(addr);
-    let gateway = Gateway::new(bus.clone(), config)?;
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {addr}: {e}\n  is another edubus serving there? pick another \
-             address with --listen ADDR (--listen 127.0.0.1:0 takes any free port)"
-        )
-    })?;
-    Ok((gateway, listener))
 }
