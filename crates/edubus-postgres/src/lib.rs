@@ -5,24 +5,24 @@
 //! | table | what |
 //! |---|---|
 //! | `events` | the log: position, id, type, version, stream, partition, key, correlation, causation, tenant, recorded time, the envelope as JSONB and as its exact JSON text; a trigger refuses UPDATE, DELETE and TRUNCATE |
-//! | `outbox` | one row per appended event not yet relayed, written in the append's transaction |
-//! | `relay_partitions` | one row per partition, locked by the relay that publishes it |
+//! | `relay_partitions` | one row per partition: the position up to which it was relayed; locked by the relay that publishes it |
 //! | `inbox` | `(subscription, event_id)` handled by transactional handlers |
 //! | `failures` | failed delivery attempts, so delivery history survives crashes |
 //! | `audit` | administrative actions; append-only like `events` |
 //! | `edubus_migrations` | the migration versions applied |
 //!
 //! **Outbox.** [`PgStore::append_in`] appends inside the caller's transaction: the business
-//! writes, the events and their outbox rows commit together or not at all.
+//! writes and the events commit together or not at all. The events of a partition above its
+//! relay cursor are the outbox: nothing else is written per event.
 //!
 //! **Ordering.** Positions come from a sequence, so across transactions they are not handed
 //! out in commit order. An append therefore holds a transaction-scoped lock on each partition
 //! it writes until it commits: within a partition, positions commit in ascending order, and
-//! the committed outbox rows of a partition are always a prefix of what will ever be there.
+//! the committed events of a partition are always a prefix of what will ever be there.
 //! (Filtering by transaction id, `pg_snapshot_xmin`, would avoid the lock but yields commit
 //! order, not the position order the store reads back per key.)
-//! A [`Relay`] locks partitions with `FOR UPDATE SKIP LOCKED`, publishes their outbox rows in
-//! position order, deletes them and commits: each partition reaches the [`Sink`] in the order
+//! A [`Relay`] locks partitions with `FOR UPDATE SKIP LOCKED`, publishes their events above the
+//! cursor in position order, moves the cursor and commits: each partition reaches the [`Sink`] in the order
 //! the store reads it back per key, two relays never publish one partition at the same time,
 //! and a crash between publishing and committing only republishes (at least once).
 //!
@@ -152,8 +152,8 @@ impl PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT e.type, count(*) FROM outbox o JOIN events e USING (position) \
-                 GROUP BY e.type",
+                "SELECT e.type, count(*) FROM relay_partitions r JOIN events e \
+                 ON e.partition = r.partition AND e.position > r.relayed_upto GROUP BY e.type",
                 &[],
             )
             .await

@@ -1,6 +1,7 @@
 //! The outbox relay: moves committed events to a [`Sink`] (the Redis transport) in batches,
-//! partition by partition, in position order.
+//! partition by partition, in position order, keeping a cursor per partition.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,10 +64,16 @@ pub struct Relay<S> {
     options: RelayOptions,
 }
 
-/// Locks up to `$1` free partitions that have outbox rows (held until the pass commits).
-const LOCK_SQL: &str = "SELECT partition FROM relay_partitions r
-    WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.partition = r.partition)
+/// Locks up to `$1` free partitions that have events above their cursor (held until the pass
+/// commits); returns each with its cursor as of the lock.
+const LOCK_SQL: &str = "SELECT partition, relayed_upto FROM relay_partitions r
+    WHERE EXISTS (SELECT 1 FROM events e
+                  WHERE e.partition = r.partition AND e.position > r.relayed_upto)
     ORDER BY partition LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+/// Moves the cursors of the partitions `$1` to the positions `$2`.
+const ADVANCE_SQL: &str = "UPDATE relay_partitions r SET relayed_upto = c.upto
+    FROM unnest($1::int4[], $2::int8[]) AS c(partition, upto) WHERE r.partition = c.partition";
 
 impl<S: Sink> Relay<S> {
     /// A relay of `store`'s outbox into `sink`.
@@ -92,7 +99,7 @@ impl<S: Sink> Relay<S> {
     }
 
     /// `lanes` passes side by side over disjoint partitions; returns how many events they
-    /// published and whether one of them filled a batch (more may be waiting).
+    /// published and whether one of them filled its share of a batch (more may be waiting).
     async fn round(&self) -> Result<(usize, bool)> {
         let lanes = self.options.lanes.max(1);
         let share = self
@@ -101,58 +108,75 @@ impl<S: Sink> Relay<S> {
             .div_ceil(u32::try_from(lanes).unwrap_or(1));
         let share = i64::from(share.max(1));
         let passes = futures_util::future::join_all((0..lanes).map(|_| self.pass(share))).await;
-        let full = self.options.batch.max(1);
         let (mut total, mut more) = (0, false);
         for pass in passes {
-            let n = pass?;
+            let (n, full) = pass?;
             total += n;
-            more |= n >= full;
+            more |= full;
         }
         Ok((total, more))
     }
 
-    /// One transaction: lock up to `share` partitions, read a batch in position order,
-    /// publish it, delete it, commit. Uncommitted appends are invisible here, so never
-    /// published.
-    async fn pass(&self, share: i64) -> Result<usize> {
+    /// One transaction: lock up to `share` partitions, read each one's events above its
+    /// cursor in position order (the batch split between them), publish them, move the
+    /// cursors, commit. Returns the events published and whether a partition filled its part
+    /// of the batch. Uncommitted appends are invisible here, so never published; within a
+    /// partition positions commit in ascending order (the append lock), so nothing can still
+    /// appear below a cursor.
+    async fn pass(&self, share: i64) -> Result<(usize, bool)> {
         let mut client = self.store.client().await?;
         let tx = client.transaction().await.db()?;
-        let locked: Vec<i32> = tx
+        let locked = tx
             .query_typed(LOCK_SQL, &[(&share, Type::INT8)])
             .await
-            .db()?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+            .db()?;
         if locked.is_empty() {
-            return Ok(0);
+            return Ok((0, false));
         }
+        let partitions: Vec<i32> = locked.iter().map(|r| r.get(0)).collect();
+        let cursors: Vec<i64> = locked.iter().map(|r| r.get(1)).collect();
+        let part = self.options.batch.max(1).div_ceil(partitions.len());
+        let limit = i64::try_from(part).unwrap_or(i64::MAX);
         // A new statement, so a new snapshot: it sees every commit before the locks were
-        // granted, including the deletions of the relay that held them before.
-        let limit = i64::try_from(self.options.batch.max(1)).unwrap_or(i64::MAX);
+        // granted, including the cursors and appends of the relay that held them before.
         let rows = tx
             .query_typed(
                 &format!(
-                    "SELECT {RECORDED_COLUMNS} FROM outbox o JOIN events e USING (position)
-                     WHERE o.partition = ANY($1) ORDER BY o.position LIMIT $2"
+                    "SELECT e.* FROM unnest($1::int4[], $2::int8[]) AS c(partition, upto)
+                     CROSS JOIN LATERAL (
+                         SELECT {RECORDED_COLUMNS} FROM events e
+                         WHERE e.partition = c.partition AND e.position > c.upto
+                         ORDER BY e.position LIMIT $3) e"
                 ),
-                &[(&locked, Type::INT4_ARRAY), (&limit, Type::INT8)],
+                &[
+                    (&partitions, Type::INT4_ARRAY),
+                    (&cursors, Type::INT8_ARRAY),
+                    (&limit, Type::INT8),
+                ],
             )
             .await
             .db()?;
-        let positions: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let mut upto: BTreeMap<i32, (i64, usize)> = BTreeMap::new();
+        for row in &rows {
+            let entry = upto.entry(row.get(2)).or_default();
+            entry.0 = entry.0.max(row.get(0));
+            entry.1 += 1;
+        }
         let events = rows.iter().map(recorded).collect::<Result<Vec<_>>>()?;
         drop(rows);
         let n = events.len();
         self.sink.publish(events).await?;
+        let full = upto.values().any(|&(_, count)| count >= part);
+        let (moved, positions): (Vec<i32>, Vec<i64>) =
+            upto.into_iter().map(|(p, (pos, _))| (p, pos)).unzip();
         tx.query_typed(
-            "DELETE FROM outbox WHERE position = ANY($1)",
-            &[(&positions, Type::INT8_ARRAY)],
+            ADVANCE_SQL,
+            &[(&moved, Type::INT4_ARRAY), (&positions, Type::INT8_ARRAY)],
         )
         .await
         .db()?;
         tx.commit().await.db()?;
-        Ok(n)
+        Ok((n, full))
     }
 
     /// Relays until `shutdown` completes, woken by notifications of new appends and polling

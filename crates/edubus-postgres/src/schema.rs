@@ -7,7 +7,7 @@ use tokio_postgres::types::Type;
 use crate::error::Db;
 
 /// Migrations by version, applied in order in one transaction.
-const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1)];
+const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2)];
 
 /// The log with its append-only guard, the outbox, relay partitions, inbox, failures, audit.
 ///
@@ -87,6 +87,23 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION edubus_append_only();
 ";
 
+/// The relay keeps a cursor per partition instead of an outbox row per event.
+///
+/// Within a partition positions commit in ascending order (the append lock), so the events of
+/// a partition above its `relayed_upto` are exactly the ones not relayed yet: an append writes
+/// no second row and a relay pass updates one row per partition instead of deleting one per
+/// event. The cursor of each partition starts below its oldest outbox row, or at its newest
+/// event when everything was relayed.
+const MIGRATION_2: &str = "
+ALTER TABLE relay_partitions ADD COLUMN relayed_upto bigint NOT NULL DEFAULT 0;
+CREATE INDEX events_partition ON events (partition, position);
+UPDATE relay_partitions r SET relayed_upto = COALESCE(
+    (SELECT min(o.position) - 1 FROM outbox o WHERE o.partition = r.partition),
+    (SELECT max(e.position) FROM events e WHERE e.partition = r.partition),
+    0);
+DROP TABLE outbox;
+";
+
 /// Applies the missing migrations and seeds the relay partitions; returns the versions applied.
 ///
 /// A transaction-scoped advisory lock per schema makes concurrent starts wait for each other.
@@ -151,4 +168,54 @@ async fn seed_partitions(tx: &tokio_postgres::Transaction<'_>, partitions: u32) 
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store at migration 1 with partly relayed partitions: migration 2 starts each cursor
+    /// below its oldest outbox row, or at its newest event when nothing was left to relay.
+    #[tokio::test]
+    async fn migration_2_turns_the_outbox_into_cursors() {
+        let schema = edubus_testsupport::postgres()
+            .schema("migration_2_cursors")
+            .await;
+        let mut client = schema.connect().await;
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE edubus_migrations (version integer PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now());
+                 {MIGRATION_1}
+                 INSERT INTO edubus_migrations (version) VALUES (1);
+                 INSERT INTO relay_partitions SELECT generate_series(0, 2);
+                 INSERT INTO events (id, type, version, stream, partition, key, correlation_id,
+                     envelope, body)
+                 SELECT 'e' || n, 't', 1, 's', n % 2, 'k', 'c', '{{}}', '{{}}'
+                 FROM generate_series(1, 10) AS n;
+                 -- Partition 1 (odd positions) relayed up to 5; partition 0 fully relayed.
+                 INSERT INTO outbox SELECT position, partition FROM events
+                 WHERE partition = 1 AND position > 5;"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(migrate(&mut client, 3).await.unwrap(), vec![2]);
+        let cursors: Vec<(i32, i64)> = client
+            .query(
+                "SELECT partition, relayed_upto FROM relay_partitions ORDER BY partition",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(cursors, vec![(0, 10), (1, 6), (2, 0)]);
+        let outbox: Option<String> = client
+            .query_one("SELECT to_regclass('outbox')::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(outbox, None, "the outbox table is gone");
+    }
 }

@@ -28,25 +28,18 @@ pub(crate) const RECORDED_COLUMNS: &str =
 const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock('events'::regclass::oid::int, p)
     FROM unnest($1::int4[]) AS p";
 
-/// Inserts the new events (skipping stored ids) and their outbox rows in one statement.
+/// Inserts the new events, skipping stored ids.
 const INSERT_SQL: &str = "
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::int4[], $6::text[],
-        $7::text[], $8::text[], $9::text[], $10::text[])
-        AS t(id, type, version, stream, partition, key, correlation_id, causation_id,
-             tenant_id, body)
-), inserted AS (
-    INSERT INTO events (id, type, version, stream, partition, key, correlation_id,
-        causation_id, tenant_id, envelope, body)
-    SELECT id, type, version, stream, partition, key, correlation_id, causation_id, tenant_id,
-        body::jsonb, body
-    FROM input
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id, position, partition
-), queued AS (
-    INSERT INTO outbox (position, partition) SELECT position, partition FROM inserted
-)
-SELECT id, position FROM inserted";
+INSERT INTO events (id, type, version, stream, partition, key, correlation_id, causation_id,
+    tenant_id, envelope, body)
+SELECT id, type, version, stream, partition, key, correlation_id, causation_id, tenant_id,
+    body::jsonb, body
+FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::int4[], $6::text[],
+    $7::text[], $8::text[], $9::text[], $10::text[])
+    AS t(id, type, version, stream, partition, key, correlation_id, causation_id, tenant_id,
+         body)
+ON CONFLICT (id) DO NOTHING
+RETURNING id, position";
 
 /// Wakes relays listening on this schema's channel once the transaction commits.
 const NOTIFY_SQL: &str = "SELECT pg_notify('edubus_outbox_' || 'events'::regclass::oid, '')";

@@ -170,7 +170,9 @@ async fn relay_moves_the_outbox_to_redis_and_keep_leaves_it_there() {
     let counts = client
         .query_one(
             &format!(
-                "SELECT (SELECT count(*) FROM {schema}.events), (SELECT count(*) FROM {schema}.outbox)"
+                "SELECT (SELECT count(*) FROM {schema}.events),
+                        (SELECT count(*) FROM {schema}.events e JOIN {schema}.relay_partitions r
+                         ON e.partition = r.partition AND e.position > r.relayed_upto)"
             ),
             &[],
         )
