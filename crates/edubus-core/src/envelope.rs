@@ -53,8 +53,7 @@ const TYPED_ATTRIBUTES: [&str; 20] = [
 ///
 /// Build one with [`Envelope::new`] or [`Envelope::from_event`], read one with
 /// [`Envelope::from_json`]; [`Envelope::validate`] checks the structural rules.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "Map<String, Value>")]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Envelope {
     /// CloudEvents version, always `"1.0"`.
     pub specversion: String,
@@ -506,17 +505,162 @@ impl TryFrom<Map<String, Value>> for Envelope {
 
     /// Same rules as [`Envelope::from_json`]: a deserialized envelope is a valid one.
     fn try_from(map: Map<String, Value>) -> Result<Self, EnvelopeError> {
-        let (env, mut issues) = from_map(map);
+        Self::try_from(Members::from(map))
+    }
+}
+
+impl TryFrom<Members> for Envelope {
+    type Error = EnvelopeError;
+
+    fn try_from(members: Members) -> Result<Self, EnvelopeError> {
+        let (env, mut issues) = from_members(members);
         issues.extend(env.issues());
         finish(env, issues)
     }
 }
 
+impl<'de> Deserialize<'de> for Envelope {
+    /// Same rules as [`Envelope::from_json`]: a deserialized envelope is a valid one.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::try_from(Members::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The members [`from_members`] reads by name; any other member is an extension.
+const MEMBERS: [&str; 21] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "subject",
+    "datacontenttype",
+    "dataschema",
+    "partitionkey",
+    "correlationid",
+    "causationid",
+    "actorid",
+    "tenantid",
+    "aggregatetype",
+    "schemaversion",
+    "attempt",
+    "replay",
+    "traceparent",
+    "tracestate",
+    "data",
+    "data_base64",
+];
+
+/// The members of a structured-mode object: the known ones by slot, the others by name.
+///
+/// Deserialized straight from JSON, so reading an envelope allocates no member names and no
+/// map for the known attributes (the hot path of every fetch). A repeated member keeps its
+/// last value, as a JSON object read into a map does.
+struct Members {
+    known: [Option<Value>; MEMBERS.len()],
+    rest: Map<String, Value>,
+}
+
+impl From<Map<String, Value>> for Members {
+    fn from(map: Map<String, Value>) -> Self {
+        let mut members = Self {
+            known: Default::default(),
+            rest: Map::new(),
+        };
+        for (name, value) in map {
+            members.insert(Member::of(&name).unwrap_or(Member::Other(name)), value);
+        }
+        members
+    }
+}
+
+impl Members {
+    fn insert(&mut self, member: Member, value: Value) {
+        match member {
+            Member::Known(i) => self.known[i] = Some(value),
+            Member::Other(name) => {
+                self.rest.insert(name, value);
+            }
+        }
+    }
+
+    /// The member `name`, taken out.
+    fn remove(&mut self, name: &str) -> Option<Value> {
+        match Member::of(name) {
+            Some(Member::Known(i)) => self.known[i].take(),
+            _ => self.rest.remove(name),
+        }
+    }
+}
+
+/// A member name: the slot of a known one, or the name of an extension.
+enum Member {
+    Known(usize),
+    Other(String),
+}
+
+impl Member {
+    fn of(name: &str) -> Option<Self> {
+        MEMBERS.iter().position(|m| *m == name).map(Self::Known)
+    }
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Member;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Member, E> {
+                Ok(Member::of(name).unwrap_or_else(|| Member::Other(name.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, name: String) -> Result<Member, E> {
+                Ok(Member::of(&name).unwrap_or(Member::Other(name)))
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Members {
+                    known: Default::default(),
+                    rest: Map::new(),
+                };
+                while let Some(member) = map.next_key::<Member>()? {
+                    let value = map.next_value::<Value>()?;
+                    members.insert(member, value);
+                }
+                Ok(members)
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
 /// Reads the attributes of a structured-mode object; values of the wrong JSON type become
 /// issues, `null` counts as absent, unknown members become extensions.
-fn from_map(mut map: Map<String, Value>) -> (Envelope, Vec<Issue>) {
+fn from_map(map: Map<String, Value>) -> (Envelope, Vec<Issue>) {
+    from_members(Members::from(map))
+}
+
+/// [`from_map`] of members already sorted into slots.
+fn from_members(mut members: Members) -> (Envelope, Vec<Issue>) {
     let mut r = Reader {
-        map: &mut map,
+        members: &mut members,
         issues: Vec::new(),
     };
     let mut env = Envelope {
@@ -547,20 +691,24 @@ fn from_map(mut map: Map<String, Value>) -> (Envelope, Vec<Issue>) {
         r.issues.push(Issue::at_member("data_base64", reason));
     }
     let issues = r.issues;
-    env.extensions = map.into_iter().filter(|(_, v)| !v.is_null()).collect();
+    env.extensions = members
+        .rest
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .collect();
     (env, issues)
 }
 
 /// Takes typed attributes out of a JSON object, recording type problems.
 struct Reader<'a> {
-    map: &'a mut Map<String, Value>,
+    members: &'a mut Members,
     issues: Vec<Issue>,
 }
 
 impl Reader<'_> {
     /// The member `name`, `None` when absent or `null`.
     fn take(&mut self, name: &str) -> Option<Value> {
-        self.map.remove(name).filter(|v| !v.is_null())
+        self.members.remove(name).filter(|v| !v.is_null())
     }
 
     fn string(&mut self, name: &str) -> Option<String> {

@@ -311,3 +311,34 @@ fn envelope_errors_map_into_invalid_input() {
         "{err}"
     );
 }
+
+/// `serde_json::from_slice::<Envelope>` (the fetch path, which reads members without a map)
+/// agrees with `Envelope::from_json` on extensions, `null`s, escaped and repeated member names,
+/// and on what it rejects.
+#[test]
+fn deserializing_reads_members_like_from_json() -> TestResult {
+    let text = r#"{"specversion": "1.0", "\u0069d": "e-1", "source": "svc", "type": "a.b",
+        "subject": null, "vendorext": 3, "nullext": null, "type": "c.d",
+        "schemaversion": "2", "data": {"b": 1, "a": [true]}}"#;
+    let via_serde: Envelope = serde_json::from_str(text)?;
+    let via_json = Envelope::from_json(text.as_bytes())?;
+    assert_eq!(via_serde, via_json);
+    assert_eq!(via_serde.id, "e-1", "an escaped name is still `id`");
+    assert_eq!(
+        via_serde.event_type, "c.d",
+        "the last of a repeated member wins"
+    );
+    assert_eq!(via_serde.subject, None);
+    assert_eq!(via_serde.schemaversion, Some(2));
+    assert_eq!(
+        via_serde.extensions.keys().collect::<Vec<_>>(),
+        ["vendorext"]
+    );
+    let bad = r#"{"specversion": "1.0", "id": "e-1", "source": "svc", "type": "a.b",
+        "subject": 7, "Vendor-Ext": "x"}"#;
+    let err = serde_json::from_str::<Envelope>(bad).expect_err("invalid members");
+    let expected = Envelope::from_json(bad.as_bytes()).expect_err("invalid members");
+    assert_eq!(err.to_string(), expected.to_string());
+    assert!(serde_json::from_str::<Envelope>("[1]").is_err());
+    Ok(())
+}
