@@ -52,8 +52,9 @@ const TYPED_ATTRIBUTES: [&str; 20] = [
 /// A CloudEvents 1.0 event with edubus's extensions, in JSON structured mode.
 ///
 /// Build one with [`Envelope::new`] or [`Envelope::from_event`], read one with
-/// [`Envelope::from_json`]; [`Envelope::validate`] checks the structural rules.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// [`Envelope::from_json`]; [`Envelope::validate`] checks the structural rules. The default
+/// is an empty envelope (every attribute empty or absent), a placeholder that is not valid.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Envelope {
     /// CloudEvents version, always `"1.0"`.
     pub specversion: String,

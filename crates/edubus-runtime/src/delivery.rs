@@ -1,13 +1,17 @@
 //! One delivery: inbox check, validation, decoding, the handler with its retries, and the
 //! dead letter when it gives up.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use edubus_core::{
-    Append, Attempt, DeadLetter, DeadReason, Delivery, Envelope, EventStore, Lease, Transport,
+    Append, Attempt, DeadLetter, DeadReason, Delivery, EventStore, Lease, Transport,
 };
+use futures_util::FutureExt as _;
 use jiff::Timestamp;
+use metrics::{Counter, Histogram};
 use tracing::Instrument as _;
 
 use crate::handler::{HandlerContext, Staged};
@@ -53,7 +57,7 @@ enum Failure {
 pub(crate) async fn deliver<B: EventStore + Transport>(
     sub: Arc<SubState<B>>,
     lease: Lease,
-    delivery: Delivery,
+    mut delivery: Delivery,
     key: Arc<str>,
     busy: Busy,
     token: u64,
@@ -84,7 +88,7 @@ pub(crate) async fn deliver<B: EventStore + Transport>(
         traceparent = %env.traceparent.as_deref().unwrap_or_default(),
         position = delivery.event.position,
     );
-    let finished = attempts(&sub, &lease, &delivery, start, &beat)
+    let finished = attempts(&sub, &lease, &mut delivery, start, &beat)
         .instrument(span)
         .await;
     beat.done();
@@ -121,19 +125,10 @@ impl Beat<'_> {
     }
 }
 
-/// Aborts the handler task if the delivery is abandoned (lease lost, grace period over).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn attempts<B: EventStore + Transport>(
     sub: &SubState<B>,
     lease: &Lease,
-    delivery: &Delivery,
+    delivery: &mut Delivery,
     start: Start,
     beat: &Beat<'_>,
 ) -> Finished<B::Work> {
@@ -170,16 +165,13 @@ async fn attempts<B: EventStore + Transport>(
         beat.now();
         let started = std::time::Instant::now();
         let result = run_once(sub, delivery, attempt).await;
-        metrics::histogram!(
-            "eventbus_processing_duration_seconds",
-            "event_type" => delivery.event.envelope.event_type.clone(),
-            "subscription" => sub.name.to_string(),
-        )
-        .record(started.elapsed().as_secs_f64());
+        metrics_of(sub, delivery)
+            .duration
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(staged) => {
                 sub.stats.handled.fetch_add(1, Ordering::Relaxed);
-                count("eventbus_consumed_total", sub, delivery);
+                metrics_of(sub, delivery).consumed.increment(1);
                 return Finished::Handled {
                     work: staged.work,
                     caused: staged.caused,
@@ -215,7 +207,7 @@ async fn failed<B: EventStore + Transport>(
     failure: Failure,
 ) -> Option<Finished<B::Work>> {
     sub.stats.failed.fetch_add(1, Ordering::Relaxed);
-    count("eventbus_failed_total", sub, delivery);
+    metrics_of(sub, delivery).failed.increment(1);
     let error = match failure {
         Failure::Final(reason, error) => return Some(dead(sub, delivery, reason, error).await),
         Failure::Transient(error) => error,
@@ -238,16 +230,19 @@ async fn failed<B: EventStore + Transport>(
         return Some(dead(sub, delivery, DeadReason::Exhausted, error).await);
     }
     sub.stats.retried.fetch_add(1, Ordering::Relaxed);
-    count("eventbus_retry_total", sub, delivery);
+    metrics_of(sub, delivery).retried.increment(1);
     tracing::debug!(subscription = %sub.name, attempt, %error, "handler failed; retrying");
     tokio::time::sleep(sub.options.retry.delay(attempt)).await;
     None
 }
 
-/// One attempt: validate, decode, run the handler (in its own task, so a panic is a failure).
+/// One attempt: validate, decode, run the handler (a panic fails the attempt).
+///
+/// The handler's context shares the delivery's envelope: lent for the attempt (with its
+/// `attempt` and `replay` set) and taken back after it, copied only if the handler kept it.
 async fn run_once<B: EventStore + Transport>(
     sub: &SubState<B>,
-    d: &Delivery,
+    d: &mut Delivery,
     attempt: u32,
 ) -> Result<Staged<B::Work>, Failure> {
     let env = &d.event.envelope;
@@ -264,39 +259,50 @@ async fn run_once<B: EventStore + Transport>(
             format!("no handler for {name} v{version}"),
         ));
     };
-    let envelope = Arc::new(Envelope {
-        attempt: Some(attempt),
-        replay: d.replay.then_some(true),
-        ..env.clone()
-    });
-    let ctx = HandlerContext::<B>::new(
-        envelope,
-        attempt,
-        d.replay,
-        Arc::clone(&sub.name),
-        Arc::from(sub.bus.source()),
-    );
-    let staged = ctx.staged();
-    let fut = handler
-        .call(&env.data, ctx)
-        .map_err(|e| Failure::Final(DeadReason::Undecodable, e))?;
-    // The handler runs in its own task; it keeps the delivery's span.
-    let mut task = AbortOnDrop(tokio::spawn(fut.instrument(tracing::Span::current())));
-    match (&mut task.0).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if e.is_permanent() => {
-            return Err(Failure::Final(DeadReason::Rejected, e.to_string()));
+    let (own_attempt, own_replay) = (env.attempt, env.replay);
+    let mut lent = std::mem::take(&mut d.event.envelope);
+    lent.attempt = Some(attempt);
+    lent.replay = d.replay.then_some(true);
+    let envelope = Arc::new(lent);
+    let result = async {
+        let ctx = HandlerContext::<B>::new(
+            Arc::clone(&envelope),
+            attempt,
+            d.replay,
+            Arc::clone(&sub.name),
+            Arc::clone(&sub.source),
+        );
+        let staged = ctx.staged();
+        let fut = handler
+            .call(&envelope.data, ctx)
+            .map_err(|e| Failure::Final(DeadReason::Undecodable, e))?;
+        match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_permanent() => {
+                return Err(Failure::Final(DeadReason::Rejected, e.to_string()));
+            }
+            Ok(Err(e)) => return Err(Failure::Transient(e.to_string())),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("a panic without a message");
+                return Err(Failure::Transient(format!("handler panicked: {message}")));
+            }
         }
-        Ok(Err(e)) => return Err(Failure::Transient(e.to_string())),
-        Err(join) => return Err(Failure::Transient(format!("handler panicked: {join}"))),
+        let mut staged = staged.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(Staged {
+            caused: std::mem::take(&mut staged.caused),
+            work: staged.work.take(),
+        })
     }
-    let mut staged = staged
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(Staged {
-        caused: std::mem::take(&mut staged.caused),
-        work: staged.work.take(),
-    })
+    .await;
+    let mut back = Arc::try_unwrap(envelope).unwrap_or_else(|kept| (*kept).clone());
+    back.attempt = own_attempt;
+    back.replay = own_replay;
+    d.event.envelope = back;
+    result
 }
 
 async fn dead<B: EventStore + Transport>(
@@ -306,7 +312,7 @@ async fn dead<B: EventStore + Transport>(
     error: String,
 ) -> Finished<B::Work> {
     sub.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    count("eventbus_dlq_total", sub, d);
+    metrics_of(sub, d).dead_lettered.increment(1);
     let attempts = sub
         .bus
         .backend()
@@ -343,12 +349,46 @@ fn letter<B: EventStore + Transport>(
     }
 }
 
-/// Counts one outcome in the Prometheus counter `name` (seed 002's `eventbus_*` names).
-fn count<B: EventStore + Transport>(name: &'static str, sub: &SubState<B>, d: &Delivery) {
-    metrics::counter!(
-        name,
-        "event_type" => d.event.envelope.event_type.clone(),
-        "subscription" => sub.name.to_string(),
-    )
-    .increment(1);
+/// The Prometheus handles of `d`'s event type in `sub`.
+fn metrics_of<B: EventStore + Transport>(sub: &SubState<B>, d: &Delivery) -> Arc<Handles> {
+    sub.metrics.of(&sub.name, &d.event.envelope.event_type)
+}
+
+/// One subscription's Prometheus handles by event type (seed 002's `eventbus_*` names).
+///
+/// A type's handles come from the global recorder at its first delivery and are kept, so a
+/// delivery builds no label strings; install the recorder before running workers.
+#[derive(Default)]
+pub(crate) struct TypeMetrics(RwLock<HashMap<String, Arc<Handles>>>);
+
+/// The handles of one subscription and event type.
+pub(crate) struct Handles {
+    consumed: Counter,
+    failed: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    duration: Histogram,
+}
+
+impl TypeMetrics {
+    fn of(&self, subscription: &str, event_type: &str) -> Arc<Handles> {
+        let known = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(handles) = known.get(event_type) {
+            return Arc::clone(handles);
+        }
+        drop(known);
+        let labels = [
+            ("event_type", event_type.to_owned()),
+            ("subscription", subscription.to_owned()),
+        ];
+        let handles = Arc::new(Handles {
+            consumed: metrics::counter!("eventbus_consumed_total", &labels),
+            failed: metrics::counter!("eventbus_failed_total", &labels),
+            retried: metrics::counter!("eventbus_retry_total", &labels),
+            dead_lettered: metrics::counter!("eventbus_dlq_total", &labels),
+            duration: metrics::histogram!("eventbus_processing_duration_seconds", &labels),
+        });
+        let mut known = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(known.entry(event_type.to_owned()).or_insert(handles))
+    }
 }

@@ -46,6 +46,10 @@ pub(crate) type Handlers<B> = HashMap<(String, u32), (String, Arc<dyn ErasedHand
 /// Everything a subscription's tasks share.
 pub(crate) struct SubState<B: Transport> {
     pub(crate) name: Arc<str>,
+    /// The bus's producer name, shared by every handler context.
+    pub(crate) source: Arc<str>,
+    /// Prometheus handles by event type, so a delivery does not look them up by label.
+    pub(crate) metrics: crate::delivery::TypeMetrics,
     pub(crate) options: SubscriptionOptions,
     pub(crate) handlers: Handlers<B>,
     pub(crate) bus: Bus<B>,
@@ -270,6 +274,8 @@ impl<B: EventStore + Transport> WorkerBuilder<B> {
             .map(|def| {
                 Arc::new(SubState {
                     name: Arc::from(def.name.as_str()),
+                    source: Arc::from(self.bus.source()),
+                    metrics: crate::delivery::TypeMetrics::default(),
                     permits: Arc::new(Semaphore::new(def.options.concurrency)),
                     options: def.options,
                     handlers: def.handlers,
