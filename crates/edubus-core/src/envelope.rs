@@ -469,7 +469,7 @@ fn optional_problem(name: &str, value: &str) -> Option<String> {
 
 /// Why `name` cannot be an extension in the map, if it cannot.
 fn extension_name_problem(name: &str) -> Option<String> {
-    if TYPED_ATTRIBUTES.contains(&name) || name == "data_base64" {
+    if Member::of(name).is_some() {
         return Some(format!(
             "`{name}` is a typed attribute, not a free extension"
         ));
@@ -527,38 +527,14 @@ impl<'de> Deserialize<'de> for Envelope {
     }
 }
 
-/// The members [`from_members`] reads by name; any other member is an extension.
-const MEMBERS: [&str; 21] = [
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "time",
-    "subject",
-    "datacontenttype",
-    "dataschema",
-    "partitionkey",
-    "correlationid",
-    "causationid",
-    "actorid",
-    "tenantid",
-    "aggregatetype",
-    "schemaversion",
-    "attempt",
-    "replay",
-    "traceparent",
-    "tracestate",
-    "data",
-    "data_base64",
-];
-
 /// The members of a structured-mode object: the known ones by slot, the others by name.
 ///
 /// Deserialized straight from JSON, so reading an envelope allocates no member names and no
 /// map for the known attributes (the hot path of every fetch). A repeated member keeps its
 /// last value, as a JSON object read into a map does.
 struct Members {
-    known: [Option<Value>; MEMBERS.len()],
+    /// One slot per [`TYPED_ATTRIBUTES`] entry, then one for `data_base64`.
+    known: [Option<Value>; TYPED_ATTRIBUTES.len() + 1],
     rest: Map<String, Value>,
 }
 
@@ -602,7 +578,11 @@ enum Member {
 
 impl Member {
     fn of(name: &str) -> Option<Self> {
-        MEMBERS.iter().position(|m| *m == name).map(Self::Known)
+        TYPED_ATTRIBUTES
+            .iter()
+            .position(|m| *m == name)
+            .or_else(|| (name == "data_base64").then_some(TYPED_ATTRIBUTES.len()))
+            .map(Self::Known)
     }
 }
 

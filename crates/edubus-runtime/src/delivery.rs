@@ -165,13 +165,12 @@ async fn attempts<B: EventStore + Transport>(
         beat.now();
         let started = std::time::Instant::now();
         let result = run_once(sub, delivery, attempt).await;
-        metrics_of(sub, delivery)
-            .duration
-            .record(started.elapsed().as_secs_f64());
+        let metrics = metrics_of(sub, delivery);
+        metrics.duration.record(started.elapsed().as_secs_f64());
         match result {
             Ok(staged) => {
                 sub.stats.handled.fetch_add(1, Ordering::Relaxed);
-                metrics_of(sub, delivery).consumed.increment(1);
+                metrics.consumed.increment(1);
                 return Finished::Handled {
                     work: staged.work,
                     caused: staged.caused,
