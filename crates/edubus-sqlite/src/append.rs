@@ -7,20 +7,21 @@ use rusqlite::{Connection, params};
 use crate::clock::{now_micros, uint};
 use crate::counts::{self, Inserted};
 use crate::error::{Db, from_sqlite};
+use crate::store::RawRecorded;
 use crate::writer::WriterState;
 
 /// An event ready to insert: the envelope serialized and its indexed columns extracted.
 pub(crate) struct NewEvent {
-    id: String,
-    stream: String,
-    partition: u32,
-    key: String,
-    event_type: String,
-    version: u32,
+    pub(crate) id: String,
+    pub(crate) stream: String,
+    pub(crate) partition: u32,
+    pub(crate) key: String,
+    pub(crate) event_type: String,
+    pub(crate) version: u32,
     correlation_id: String,
     causation_id: Option<String>,
     tenant_id: Option<String>,
-    envelope: String,
+    pub(crate) envelope: String,
 }
 
 impl NewEvent {
@@ -83,9 +84,10 @@ pub(crate) fn insert_events(
 ) -> Result<Vec<Appended>> {
     let head = state.head;
     let before = sequence(conn)?;
+    state.foreign |= uint(before) > head;
     let written = write(conn, events, state);
     if let Err(e) = &written {
-        state.head = head;
+        state.rewind(head);
         let undone = matches!(e, Error::Conflict { .. }) && undo(conn, before).is_ok();
         state.poisoned |= !undone;
     }
@@ -152,6 +154,9 @@ fn write(conn: &Connection, events: &[NewEvent], state: &mut WriterState) -> Res
         };
         state.head = state.head.max(position);
         state.touched.push((ev.partition, position));
+        if state.collecting && !duplicate {
+            state.fresh.push(RawRecorded::inserted(ev, position, now));
+        }
         out.push(Appended {
             id: ev.id.clone(),
             position,

@@ -8,13 +8,16 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::SqliteBackend;
 use crate::clock::{int, uint};
 use crate::error::{Db, from_json};
-use crate::store::{RECORDED_COLUMNS, head_position, recorded};
+use crate::store::{RECORDED_COLUMNS, RawRecorded, head_position};
 use crate::subs::{self, Sub, type_filter};
 
 /// Fetches up to `max` deliveries: replay-queue entries above `after_requeue`, then log events
 /// above `after`, flagged when the inbox already has them, in one read snapshot whose head
 /// bounds `scanned_to`. When log events were fetched, records through the writer how far the
 /// lease fetched before returning them (a replay-only fetch writes nothing).
+///
+/// Events the writer handed to this lease since its last empty fetch (see [`crate::handoff`])
+/// are returned as they are: their fetch was recorded in the commit that appended them.
 pub(crate) async fn fetch(
     backend: &SqliteBackend,
     lease: &Lease,
@@ -28,8 +31,11 @@ pub(crate) async fn fetch(
             scanned_to: after,
         });
     }
+    if let Some(rows) = backend.handoff().take(lease, after) {
+        return Ok(handed(rows, after));
+    }
     let read_lease = lease.clone();
-    let (sub_id, deliveries, scanned_to) = backend
+    let (sub, deliveries, scanned_to) = backend
         .readers()
         .snapshot(move |conn| read_deliveries(conn, &read_lease, after, after_requeue, max))
         .await?;
@@ -38,18 +44,32 @@ pub(crate) async fn fetch(
         .filter(|d| !d.replay)
         .map(|d| d.event.position)
         .max();
-    if let Some(highest) = highest {
-        let lease = lease.clone();
-        // One UPDATE that fails as a whole: no savepoint needed.
-        backend
-            .writer()
-            .call_unguarded(move |tx, _| mark_fetched(tx, sub_id, &lease, highest))
-            .await?;
+    match highest {
+        Some(highest) => {
+            let lease = lease.clone();
+            // One UPDATE that fails as a whole: no savepoint needed.
+            backend
+                .writer()
+                .call_unguarded(move |tx, _| mark_fetched(tx, sub.id, &lease, highest))
+                .await?;
+        }
+        None => backend
+            .handoff()
+            .wait_for(lease, sub.id, sub.types, scanned_to, max),
     }
     Ok(Fetched {
         deliveries,
         scanned_to,
     })
+}
+
+/// The deliveries of a hand-off, decoded here rather than on the writer thread.
+fn handed(rows: Vec<RawDelivery>, after: Position) -> Fetched {
+    let scanned_to = rows.last().map_or(after, RawDelivery::position);
+    Fetched {
+        deliveries: rows.into_iter().map(RawDelivery::decode).collect(),
+        scanned_to,
+    }
 }
 
 /// Reads (and decodes, on this blocking thread) the deliveries of one fetch, with the
@@ -60,10 +80,42 @@ fn read_deliveries(
     after: Position,
     after_requeue: u64,
     max: usize,
-) -> Result<(i64, Vec<Delivery>, Position)> {
+) -> Result<(Sub, Vec<Delivery>, Position)> {
     let head = head_position(conn)?;
     let sub = subs::load(conn, &lease.subscription)?;
-    let mut out = requeued(conn, &sub, lease.partition, after_requeue, max)?;
+    let mut rows = requeued(conn, &sub, lease.partition, after_requeue, max)?;
+    let left = max - rows.len();
+    let mut scanned_to = head.max(after);
+    if left > 0 {
+        let before = rows.len();
+        rows.extend(log_rows(
+            conn,
+            sub.id,
+            &sub.types_json,
+            lease.partition,
+            after,
+            left,
+        )?);
+        if rows.len() - before == left {
+            scanned_to = rows.last().map_or(after, RawDelivery::position);
+        }
+    } else {
+        scanned_to = after;
+    }
+    let deliveries = rows.into_iter().map(RawDelivery::decode).collect();
+    Ok((sub, deliveries, scanned_to))
+}
+
+/// Up to `max` log events of `partition` after `after` that the subscription receives, by
+/// position, with their recorded attempts and whether its inbox has them.
+fn log_rows(
+    conn: &Connection,
+    sub_id: i64,
+    types_json: &str,
+    partition: u32,
+    after: Position,
+    max: usize,
+) -> Result<Vec<RawDelivery>> {
     let sql = format!(
         "SELECT {RECORDED_COLUMNS}, COALESCE(json_array_length(f.attempts), 0),
                 i.event_id IS NOT NULL
@@ -74,29 +126,12 @@ fn read_deliveries(
          ORDER BY e.position LIMIT ?5",
         type_filter!("e", "?4")
     );
-    let left = max - out.len();
-    let mut scanned_to = head.max(after);
-    if left > 0 {
-        let mut st = conn.prepare_cached(&sql).db()?;
-        let args = params![
-            sub.id,
-            lease.partition,
-            int(after),
-            sub.types_json,
-            int(left as u64)
-        ];
-        let rows = st.query_map(args, |row| delivery(row, None)).db()?;
-        let before = out.len();
-        for row in rows {
-            out.push(row.db()?);
-        }
-        if out.len() - before == left {
-            scanned_to = out.last().map_or(after, |d| d.event.position);
-        }
-    } else {
-        scanned_to = after;
-    }
-    Ok((sub.id, out, scanned_to))
+    let mut st = conn.prepare_cached(&sql).db()?;
+    let args = params![sub_id, partition, int(after), types_json, int(max as u64)];
+    let rows = st
+        .query_map(args, |row| RawDelivery::read(row, None))
+        .db()?;
+    rows.map(|r| r.db()).collect()
 }
 
 /// Replay-queue entries of the partition with an id above `after`, by id.
@@ -106,7 +141,7 @@ fn requeued(
     partition: u32,
     after: u64,
     max: usize,
-) -> Result<Vec<Delivery>> {
+) -> Result<Vec<RawDelivery>> {
     let sql = format!(
         "SELECT r.id, {RECORDED_COLUMNS}, COALESCE(json_array_length(f.attempts), 0)
          FROM requeue r JOIN events e ON e.position = r.position
@@ -117,33 +152,64 @@ fn requeued(
     let mut st = conn.prepare_cached(&sql).db()?;
     let args = params![sub.id, partition, int(after), int(max as u64)];
     let rows = st
-        .query_map(args, |row| delivery(row, Some(uint(row.get(0)?))))
+        .query_map(args, |row| RawDelivery::read(row, Some(uint(row.get(0)?))))
         .db()?;
     rows.map(|r| r.db()).collect()
 }
 
-/// One delivery from a row: [`RECORDED_COLUMNS`] (after the requeue id, if any), then the
-/// number of recorded attempts.
-fn delivery(row: &rusqlite::Row<'_>, requeue_id: Option<u64>) -> rusqlite::Result<Delivery> {
-    let at = usize::from(requeue_id.is_some());
-    let mut event = recorded(row, at)?;
-    let attempts: u32 = row.get(at + 9)?;
-    let handled = match requeue_id {
-        Some(_) => {
-            event.envelope.replay = Some(true);
-            false
+/// A delivery as read, its envelope not decoded yet.
+#[derive(Debug)]
+pub(crate) struct RawDelivery {
+    event: RawRecorded,
+    attempts: u32,
+    handled: bool,
+    requeue_id: Option<u64>,
+}
+
+impl RawDelivery {
+    /// One delivery from a row: [`RECORDED_COLUMNS`] (after the requeue id, if any), the
+    /// number of recorded attempts, then (log rows only) whether the inbox has it.
+    fn read(row: &rusqlite::Row<'_>, requeue_id: Option<u64>) -> rusqlite::Result<Self> {
+        let at = usize::from(requeue_id.is_some());
+        Ok(Self {
+            event: RawRecorded::read(row, at)?,
+            attempts: row.get(at + 9)?,
+            handled: requeue_id.is_none() && row.get(at + 10)?,
+            requeue_id,
+        })
+    }
+
+    /// A first delivery of an event just appended: no attempts, not in any inbox.
+    pub(crate) fn fresh(event: RawRecorded) -> Self {
+        Self {
+            event,
+            attempts: 0,
+            handled: false,
+            requeue_id: None,
         }
-        None => row.get(at + 10)?,
-    };
-    Ok(Delivery {
-        seq: event.position,
-        event,
-        delivery_count: attempts.saturating_add(1),
-        replay: requeue_id.is_some(),
-        requeue_id,
-        received_at: Timestamp::now(),
-        handled,
-    })
+    }
+
+    /// The event's log position.
+    pub(crate) fn position(&self) -> Position {
+        self.event.position()
+    }
+
+    /// Decodes the envelope into a delivery.
+    pub(crate) fn decode(self) -> Delivery {
+        let mut event = self.event.decode();
+        if self.requeue_id.is_some() {
+            event.envelope.replay = Some(true);
+        }
+        Delivery {
+            seq: event.position,
+            event,
+            delivery_count: self.attempts.saturating_add(1),
+            replay: self.requeue_id.is_some(),
+            requeue_id: self.requeue_id,
+            received_at: Timestamp::now(),
+            handled: self.handled,
+        }
+    }
 }
 
 /// Checks the epoch and records how far the lease fetched (`fetched_upto`).

@@ -9,6 +9,7 @@ mod counts;
 mod deliver;
 mod dlq;
 pub mod error;
+mod handoff;
 mod inspect;
 mod keys;
 mod lease;
@@ -34,6 +35,7 @@ pub use transport::SqliteWork;
 pub use writer::WriterStats;
 
 use checkpoint::Checkpointer;
+use handoff::Handoff;
 use notify::Notifier;
 use read::Readers;
 use writer::{Writer, WriterState};
@@ -52,6 +54,7 @@ struct Inner {
     checkpointer: Checkpointer,
     notifier: Notifier,
     readers: Readers,
+    handoff: Arc<Handoff>,
 }
 
 impl SqliteBackend {
@@ -110,6 +113,10 @@ impl SqliteBackend {
         &self.inner.notifier
     }
 
+    pub(crate) fn handoff(&self) -> &Handoff {
+        &self.inner.handoff
+    }
+
     pub(crate) fn partitions_stored(&self) -> u32 {
         self.inner.config.partitions
     }
@@ -145,8 +152,18 @@ impl Inner {
             poisoned: false,
             keys_upto: keys::indexed_upto(&conn)?,
             touched: Vec::new(),
+            foreign: false,
+            collecting: false,
+            fresh: Vec::new(),
         };
-        let writer = Writer::spawn(conn, state, config.group_commit_max, notifier.sender())?;
+        let handoff = Arc::new(Handoff::default());
+        let writer = Writer::spawn(
+            conn,
+            state,
+            config.group_commit_max,
+            notifier.sender(),
+            Arc::clone(&handoff),
+        )?;
         let readers = Readers::new(config.clone());
         Ok(Self {
             config,
@@ -154,6 +171,7 @@ impl Inner {
             checkpointer,
             notifier,
             readers,
+            handoff,
         })
     }
 }

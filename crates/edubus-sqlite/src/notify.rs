@@ -1,6 +1,7 @@
 //! Commit notifications: the writer publishes the head position on a watch channel after each
 //! commit; a watcher thread polls `PRAGMA data_version` every `poll_interval` while someone
-//! waits, to see commits of other processes on the same file.
+//! waits, to see appends of other processes on the same file. Their other writes (a replay
+//! queued by the CLI) reach waiting consumers at their idle timeout.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,8 +51,8 @@ impl Heads {
         }
     }
 
-    /// A commit of another process: any partition may have changed.
-    fn publish_all(&self, head: u64) {
+    /// Appends of another process up to `head`: any partition may have changed.
+    pub(crate) fn publish_all(&self, head: u64) {
         raise(&self.all, head);
         self.parts.iter().for_each(|p| raise(p, head));
     }
@@ -166,7 +167,11 @@ fn watch_loop(conn: &Connection, head: &Heads, flags: &Flags, interval: Duration
             && version != seen
         {
             seen = version;
-            if let Ok(now) = head_position(conn) {
+            // Most commits are this process's own, already published per partition by the
+            // writer: only a head beyond what was published wakes every partition.
+            if let Ok(now) = head_position(conn)
+                && now > *head.all.borrow()
+            {
                 head.publish_all(now);
             }
         }

@@ -145,7 +145,7 @@ fn in_savepoint<T>(
     let head = state.head;
     let result = f(tx, state);
     if result.is_err() {
-        state.head = head;
+        state.rewind(head);
         exec(tx, "ROLLBACK TO settlement")?;
     }
     exec(tx, "RELEASE settlement")?;

@@ -36,25 +36,85 @@ pub(crate) fn head_position(conn: &Connection) -> Result<u64> {
 
 /// Decodes a row selected with [`RECORDED_COLUMNS`] starting at column `at`.
 pub(crate) fn recorded(row: &Row<'_>, at: usize) -> rusqlite::Result<Recorded> {
-    let json: String = row.get(at + 5)?;
-    let envelope = match serde_json::from_str::<Envelope>(&json) {
-        Ok(envelope) => envelope,
-        Err(e) => undecodable(
-            json,
-            row.get(at + 6)?,
-            row.get(at + 7)?,
-            row.get(at + 8)?,
-            &e,
-        ),
-    };
-    Ok(Recorded {
-        position: uint(row.get(at)?),
-        stream: row.get(at + 1)?,
-        partition: row.get(at + 2)?,
-        key: row.get(at + 3)?,
-        recorded_at: timestamp(row.get(at + 4)?),
-        envelope,
-    })
+    RawRecorded::read(row, at).map(RawRecorded::decode)
+}
+
+/// A stored event, its envelope not decoded yet: events the writer hands to consumers are
+/// decoded by them, off the writer thread.
+#[derive(Debug, Clone)]
+pub(crate) struct RawRecorded {
+    position: i64,
+    stream: String,
+    partition: u32,
+    key: String,
+    recorded_at: i64,
+    envelope: String,
+    id: String,
+    event_type: String,
+    version: u32,
+}
+
+impl RawRecorded {
+    /// Reads the [`RECORDED_COLUMNS`] of a row, starting at column `at`.
+    pub(crate) fn read(row: &Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            position: row.get(at)?,
+            stream: row.get(at + 1)?,
+            partition: row.get(at + 2)?,
+            key: row.get(at + 3)?,
+            recorded_at: row.get(at + 4)?,
+            envelope: row.get(at + 5)?,
+            id: row.get(at + 6)?,
+            event_type: row.get(at + 7)?,
+            version: row.get(at + 8)?,
+        })
+    }
+
+    /// An event just inserted at `position`, recorded at `recorded_at` (unix µs).
+    pub(crate) fn inserted(ev: &NewEvent, position: u64, recorded_at: i64) -> Self {
+        Self {
+            position: int(position),
+            stream: ev.stream.clone(),
+            partition: ev.partition,
+            key: ev.key.clone(),
+            recorded_at,
+            envelope: ev.envelope.clone(),
+            id: ev.id.clone(),
+            event_type: ev.event_type.clone(),
+            version: ev.version,
+        }
+    }
+
+    /// The log position.
+    pub(crate) fn position(&self) -> u64 {
+        uint(self.position)
+    }
+
+    /// The partition of its stream.
+    pub(crate) fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The canonical event type.
+    pub(crate) fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// Decodes the envelope; one that no longer decodes becomes an [`undecodable`] stand-in.
+    pub(crate) fn decode(self) -> Recorded {
+        let envelope = match serde_json::from_str::<Envelope>(&self.envelope) {
+            Ok(envelope) => envelope,
+            Err(e) => undecodable(self.envelope, self.id, self.event_type, self.version, &e),
+        };
+        Recorded {
+            position: uint(self.position),
+            stream: self.stream,
+            partition: self.partition,
+            key: self.key,
+            recorded_at: timestamp(self.recorded_at),
+            envelope,
+        }
+    }
 }
 
 /// A stand-in for a stored envelope that no longer decodes: its raw text in `data`, so a

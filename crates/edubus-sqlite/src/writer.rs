@@ -13,8 +13,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{closed, from_sqlite_ref};
+use crate::handoff::Handoff;
 use crate::keys;
 use crate::notify::Heads;
+use crate::store::RawRecorded;
 
 /// Counters of the writer thread, for tests and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,6 +40,23 @@ pub(crate) struct WriterState {
     pub keys_upto: u64,
     /// Partitions appended to in the current group, with the highest position in each.
     pub touched: Vec<(u32, u64)>,
+    /// The current group found positions assigned by another process since this writer's
+    /// last append: any partition may have new events.
+    pub foreign: bool,
+    /// Whether the current group keeps what it appends in `fresh` (some lease waits).
+    pub collecting: bool,
+    /// The events the current group appended, by position, for the hand-off.
+    pub fresh: Vec<RawRecorded>,
+}
+
+impl WriterState {
+    /// Forgets what the group wrote after `head`: a savepoint rolled back.
+    pub(crate) fn rewind(&mut self, head: u64) {
+        self.head = head;
+        while self.fresh.last().is_some_and(|e| e.position() > head) {
+            self.fresh.pop();
+        }
+    }
 }
 
 /// A unit of work for the writer.
@@ -107,11 +126,12 @@ where
     }
 }
 
-/// Counters and the head channel, shared by the thread and the handle.
+/// Counters, the head channel and the hand-offs, shared by the thread and the handle.
 struct Shared {
     commands: AtomicU64,
     transactions: AtomicU64,
     head: Arc<Heads>,
+    handoff: Arc<Handoff>,
 }
 
 /// The handle to the writer thread held by the backend.
@@ -128,12 +148,14 @@ impl Writer {
         state: WriterState,
         group_commit_max: usize,
         head: Arc<Heads>,
+        handoff: Arc<Handoff>,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(group_commit_max.max(64));
         let shared = Arc::new(Shared {
             commands: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
             head,
+            handoff,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -278,6 +300,9 @@ fn commit_group(
     };
     let head_before = state.head;
     state.touched.clear();
+    state.foreign = false;
+    state.fresh.clear();
+    state.collecting = shared.handoff.anyone_waiting();
     let mut sound = true;
     for cmd in &mut batch {
         sound = if cmd.guarded() {
@@ -301,9 +326,17 @@ fn commit_group(
             Error::unavailable("the write was rolled back; retry it", why)
         });
     }
+    let offered = shared.handoff.offer(&tx, &state.fresh);
+    state.fresh.clear();
     match tx.commit() {
         Ok(()) => {
-            shared.head.publish(state.head, &state.touched);
+            // Hand-offs before heads: a waiter woken by the head finds its deliveries.
+            shared.handoff.publish(offered);
+            if state.foreign {
+                shared.head.publish_all(state.head);
+            } else {
+                shared.head.publish(state.head, &state.touched);
+            }
             batch.into_iter().for_each(|c| c.finish(None));
         }
         Err(e) => {
@@ -329,7 +362,7 @@ fn run_in_savepoint(tx: &Transaction<'_>, cmd: &mut dyn Command, state: &mut Wri
     let ended = if cmd.run(tx, state) {
         exec(tx, "RELEASE cmd")
     } else {
-        state.head = head;
+        state.rewind(head);
         exec(tx, "ROLLBACK TO cmd").and_then(|()| exec(tx, "RELEASE cmd"))
     };
     match ended {
