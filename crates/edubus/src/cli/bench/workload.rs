@@ -252,11 +252,25 @@ impl Clock {
         }
         let offset = Duration::from_secs_f64(events_before as f64 / self.rate);
         let due = self.start + offset;
-        tokio::time::sleep_until(due).await;
+        pace_until(due).await;
         let wall = SignedDuration::try_from(offset)
             .ok()
             .and_then(|d| self.wall.checked_add(d).ok())
             .unwrap_or_else(Timestamp::now);
         (due, wall)
+    }
+}
+
+/// Sleeps until `due` with sub-millisecond precision. Tokio's timer ticks in milliseconds and
+/// wakes up to about 2 ms late, which would be counted as latency of the system under test;
+/// the last stretch sleeps on a blocking thread instead.
+async fn pace_until(due: Instant) {
+    const COARSE_MARGIN: Duration = Duration::from_millis(3);
+    if let Some(early) = due.checked_sub(COARSE_MARGIN) {
+        tokio::time::sleep_until(early).await;
+    }
+    let left = due.saturating_duration_since(Instant::now());
+    if !left.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(left)).await;
     }
 }
