@@ -150,7 +150,7 @@ impl Inner {
             head,
             partitions: config.partitions,
             poisoned: false,
-            keys_upto: keys::indexed_upto(&conn)?,
+            keys_upto: keys::bounds(&conn, config.partitions)?,
             touched: Vec::new(),
             foreign: false,
             collecting: false,

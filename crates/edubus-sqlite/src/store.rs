@@ -155,10 +155,11 @@ fn read_page(conn: &Connection, query: &ReadQuery, partitions: u32) -> Result<Ve
     let Some(key) = &query.key else {
         return select(conn, query, Source::Log, (0, 0), limit);
     };
-    let upto = keys::indexed_upto(conn)?;
+    let partition = partition_of(key, partitions);
+    let upto = keys::indexed_upto(conn, partition)?;
     let mut out = select(conn, query, Source::KeyIndexed, (upto, 0), limit)?;
     if out.len() < limit {
-        let tail = (upto, partition_of(key, partitions));
+        let tail = (upto, partition);
         out.extend(select(
             conn,
             query,

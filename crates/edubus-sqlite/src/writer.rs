@@ -36,8 +36,8 @@ pub(crate) struct WriterState {
     /// Set by a command run without a savepoint that failed after writing: the whole group
     /// must roll back.
     pub poisoned: bool,
-    /// How far the by-key index is known to be complete.
-    pub keys_upto: u64,
+    /// How far the by-key index is known to be complete, per partition.
+    pub keys_upto: Vec<u64>,
     /// Partitions appended to in the current group, with the highest position in each.
     pub touched: Vec<(u32, u64)>,
     /// The current group found positions assigned by another process since this writer's
@@ -270,14 +270,26 @@ fn run_loop(
         if !batch.is_empty() {
             commit_group(&mut conn, batch, &mut state, shared);
         }
-        if keys::due(state.head, state.keys_upto) {
-            // A failure (another process holding the lock) is retried after the next group.
-            if let Ok(upto) = keys::index_batch(&mut conn) {
-                state.keys_upto = upto;
-            }
-        }
+        index_keys(&mut conn, &mut state, &rx);
         if let Some(ack) = stop {
             let _ = ack.send(());
+            return;
+        }
+    }
+}
+
+/// Indexes partitions the by-key index is behind on: one after a group while commands wait,
+/// all that are due while none does. A failure (another process holding the lock) is retried
+/// after the next group.
+fn index_keys(conn: &mut Connection, state: &mut WriterState, rx: &mpsc::Receiver<Msg>) {
+    while let Some(partition) = keys::due(state.head, &state.keys_upto) {
+        let Ok(upto) = keys::index_partition(conn, partition) else {
+            return;
+        };
+        if let Some(bound) = state.keys_upto.get_mut(partition as usize) {
+            *bound = upto;
+        }
+        if !rx.is_empty() {
             return;
         }
     }
