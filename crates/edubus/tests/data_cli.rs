@@ -624,3 +624,30 @@ fn bench_emits_the_documented_json_keys() {
         "bench uses a temporary directory"
     );
 }
+
+#[test]
+fn bench_leaves_the_warmup_out_of_its_figures() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let run = |mode: &str| {
+        let args = [
+            "bench", "--mode", mode, "--data", data, "--events", "300", "--warmup", "200",
+            "--batch", "50", "--json",
+        ];
+        json(edubus(dir.path(), &args))
+    };
+    let e2e = run("e2e");
+    assert_eq!((&e2e["events"], &e2e["warmup"]), (&300.into(), &200.into()));
+    assert_eq!(
+        e2e["deliveries"], 300,
+        "the warm-up's are not counted: {e2e}"
+    );
+    let publish = run("publish");
+    assert_eq!(publish["warmup"], 200, "{publish}");
+    let stored = json_lines(edubus(dir.path(), &["tail", "--from", "0", "--json"]));
+    assert_eq!(stored.len(), 1000, "both runs published warm-up and events");
+
+    let relay = edubus(dir.path(), &["bench", "--mode", "relay", "--warmup", "5"]);
+    assert!(!relay.status.success());
+    assert!(String::from_utf8_lossy(&relay.stderr).contains("--warmup applies to"));
+}

@@ -31,6 +31,12 @@ impl Recorder {
         self.handled.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Forgets the deliveries recorded so far (a warm-up's).
+    pub fn reset(&self) {
+        self.lock().clear();
+        self.handled.store(0, Ordering::Relaxed);
+    }
+
     /// Takes the samples recorded so far.
     pub fn take(&self) -> Vec<u64> {
         std::mem::take(&mut *self.lock())

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Target publish rate in events/s (open loop, for latency runs); 0 = as fast as possible.
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     rate: f64,
+    /// publish, e2e: events published first, with the same batch size and rate, and left out
+    /// of the figures (a fresh data directory, connection pools and caches warm up).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    warmup: u64,
     /// Pad each payload (the optional `reason` of attendance.updated) to about this many
     /// bytes of JSON.
     #[arg(long, default_value_t = 0, value_name = "B")]
@@ -132,6 +136,9 @@ fn rate(text: &str) -> Result<f64, String> {
 
 /// Runs `edubus bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.mode == Mode::Relay && args.warmup > 0 {
+        bail!("--warmup applies to --mode publish and e2e, not to relay");
+    }
     let summary = match args.backend {
         BackendKind::Sqlite => sqlite(&args).await?,
         BackendKind::Redis | BackendKind::Production => on_servers(&args).await?,
@@ -250,9 +257,23 @@ async fn measure<B: Backend>(
     target: Target,
 ) -> anyhow::Result<Summary> {
     let workload = workload::build(bus, shape(args))?;
+    let warmup = workload::build(
+        bus,
+        Shape {
+            events: args.warmup,
+            ..shape(args)
+        },
+    )?;
     match args.mode {
-        Mode::Publish => publish_mode(bus, &target, workload, args).await,
-        Mode::E2e => e2e_mode(bus, &target, workload, args).await,
+        Mode::Publish => {
+            if args.warmup > 0 {
+                let quiet = ProgressBar::hidden();
+                let (publishers, rate) = (args.publishers, args.rate);
+                workload::publish(bus, &target, warmup.batches, publishers, rate, &quiet).await?;
+            }
+            publish_mode(bus, &target, workload, args).await
+        }
+        Mode::E2e => e2e_mode(bus, &target, workload, warmup, args).await,
         Mode::Relay => bail!("--mode relay runs on --backend production only"),
     }
 }
@@ -293,6 +314,7 @@ async fn e2e_mode<B: Backend>(
     bus: &Bus<B>,
     target: &Target,
     workload: Workload,
+    warmup: Workload,
     args: &BenchArgs,
 ) -> anyhow::Result<Summary> {
     let names = e2e::subscription_names(args.subscriptions);
@@ -302,32 +324,51 @@ async fn e2e_mode<B: Backend>(
     let running = tokio::spawn(worker.run(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
-    let measured = measure_e2e(bus, target, workload.batches, args, &names, &recorder).await;
+    let measured = async {
+        e2e::wait_ready(bus.backend(), &names).await?;
+        if args.warmup > 0 {
+            let batches = warmup.batches;
+            measure_e2e(bus, target, batches, args.warmup, args, &names, &recorder).await?;
+            recorder.reset();
+        }
+        measure_e2e(
+            bus,
+            target,
+            workload.batches,
+            args.events,
+            args,
+            &names,
+            &recorder,
+        )
+        .await
+    }
+    .await;
     let _ = stop_tx.send(true);
     running.await??;
     let (seconds, publish_seconds) = measured?;
     let latency = "handler start - publish";
     let summary = summary(args, "e2e", latency, workload.payload_bytes, seconds);
+    let samples = recorder.take();
     Ok(Summary {
         publish_seconds,
-        deliveries: args.events * names.len() as u64,
+        deliveries: samples.len() as u64,
         ..summary
     }
-    .with_latencies(&Latencies::new(recorder.take())))
+    .with_latencies(&Latencies::new(samples)))
 }
 
-/// Publishes while the subscriptions deliver; returns the seconds until everything settled
-/// and the seconds publishing took.
+/// Publishes `events` while the subscriptions deliver; returns the seconds until everything
+/// settled and the seconds publishing took.
 async fn measure_e2e<B: Backend>(
     bus: &Bus<B>,
     target: &Target,
     batches: Vec<Vec<edubus_core::Envelope>>,
+    events: u64,
     args: &BenchArgs,
     names: &[String],
     recorder: &e2e::Recorder,
 ) -> anyhow::Result<(f64, f64)> {
-    e2e::wait_ready(bus.backend(), names).await?;
-    let expected = args.events * names.len() as u64;
+    let expected = events * names.len() as u64;
     let bar = progress::bar(expected, "delivered");
     let quiet = ProgressBar::hidden();
     let start = tokio::time::Instant::now();
@@ -362,6 +403,7 @@ fn summary(
         mode,
         latency,
         events: args.events,
+        warmup: args.warmup,
         batch: args.batch,
         publishers: args.publishers,
         keys: args.keys,

@@ -52,6 +52,8 @@ pub struct Summary {
     pub latency: &'static str,
     /// Events published.
     pub events: u64,
+    /// Events published before, left out of the figures.
+    pub warmup: u64,
     /// Events per `publish_batch` call.
     pub batch: usize,
     /// Concurrent publishing tasks.
@@ -125,6 +127,12 @@ impl Summary {
             self.keys,
             self.payload_bytes
         );
+        if self.warmup > 0 {
+            outln!(
+                "  after {} warm-up events, left out of the figures",
+                self.warmup
+            );
+        }
         if self.mode == "e2e" {
             let order = if self.ordered { "ordered" } else { "unordered" };
             outln!(
