@@ -6,8 +6,10 @@
 //! `meta.keys_indexed_upto` for partitions without one). A by-key read takes the indexed part
 //! from it and the short tail after it from the key's partition: a key has one partition.
 //!
-//! One slice per partition keeps each pause of the writer short (a sixteenth of a batch with
-//! the default partitions) where one batch of the whole log held it for tens of milliseconds.
+//! A round reads the keys of the waiting events in one scan by position, then indexes them
+//! one partition per transaction: each pause of the writer is a fraction of a round (a
+//! sixteenth with the default partitions), where one batch of the whole log held it for tens
+//! of milliseconds.
 
 use edubus_core::Result;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -47,39 +49,91 @@ fn meta_u64(conn: &Connection, key: &str) -> Result<Option<u64>> {
     Ok(value.and_then(|v| v.parse().ok()))
 }
 
-/// The partition most behind, when it is [`KEY_BATCH`] events or more behind `head`.
-pub(crate) fn due(head: u64, bounds: &[u64]) -> Option<u32> {
-    let (partition, upto) = bounds.iter().enumerate().min_by_key(|&(_, upto)| *upto)?;
-    let partition = u32::try_from(partition).ok()?;
-    (head.saturating_sub(*upto) >= KEY_BATCH).then_some(partition)
+/// Whether some partition is [`KEY_BATCH`] events or more behind `head`.
+pub(crate) fn due(head: u64, bounds: &[u64]) -> bool {
+    bounds
+        .iter()
+        .min()
+        .is_some_and(|upto| head.saturating_sub(*upto) >= KEY_BATCH)
 }
 
-/// Indexes the events of `partition` after its bound in one transaction of its own; returns
-/// the new bound.
-pub(crate) fn index_partition(conn: &mut Connection, partition: u32) -> Result<u64> {
+/// The keys of a round, read from the log in one scan by position and indexed one partition
+/// at a time.
+pub(crate) struct Staged {
+    /// The log head the keys were read at: each partition's bound once indexed.
+    head: u64,
+    /// Per partition, `(key, position)` sorted; `None` once indexed.
+    rows: Vec<Option<Vec<(String, i64)>>>,
+}
+
+impl Staged {
+    /// Reads the keys of each partition after its bound, up to the head.
+    pub(crate) fn read(conn: &Connection, bounds: &[u64]) -> Result<Self> {
+        let head = head_position(conn)?;
+        let from = bounds.iter().copied().min().unwrap_or(0);
+        let mut rows: Vec<Vec<(String, i64)>> = vec![Vec::new(); bounds.len()];
+        let mut st = conn
+            .prepare_cached(
+                "SELECT partition, key, position FROM events
+                 WHERE position > ?1 AND position <= ?2",
+            )
+            .db()?;
+        let mut found = st.query(params![int(from), int(head)]).db()?;
+        while let Some(row) = found.next().db()? {
+            let (partition, position): (u32, i64) = (row.get(0).db()?, row.get(2).db()?);
+            let partition = partition as usize;
+            if let (Some(part), Some(bound)) = (rows.get_mut(partition), bounds.get(partition))
+                && position > int(*bound)
+            {
+                part.push((row.get(1).db()?, position));
+            }
+        }
+        let rows = rows
+            .into_iter()
+            .map(|mut part| {
+                part.sort_unstable();
+                Some(part)
+            })
+            .collect();
+        Ok(Self { head, rows })
+    }
+}
+
+/// Indexes the next partition of `staged` in one transaction of its own; returns it with its
+/// new bound, or `None` when every partition is done. Entries another process indexed
+/// meanwhile are kept.
+pub(crate) fn index_staged(
+    conn: &mut Connection,
+    staged: &mut Staged,
+) -> Result<Option<(u32, u64)>> {
+    let Some(index) = staged.rows.iter().position(Option::is_some) else {
+        return Ok(None);
+    };
+    let partition = u32::try_from(index).unwrap_or(u32::MAX);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .db()?;
     let upto = indexed_upto(&tx, partition)?;
-    let head = head_position(&tx)?;
-    if head > upto {
-        tx.prepare_cached(
-            "INSERT INTO event_keys (key, position)
-             SELECT key, position FROM events
-             WHERE partition = ?1 AND position > ?2 AND position <= ?3
-             ORDER BY key, position",
-        )
-        .and_then(|mut st| st.execute(params![partition, int(upto), int(head)]))
-        .db()?;
+    if upto < staged.head {
+        let mut insert = tx
+            .prepare_cached("INSERT OR IGNORE INTO event_keys (key, position) VALUES (?1, ?2)")
+            .db()?;
+        for (key, position) in staged.rows[index].iter().flatten() {
+            if *position > int(upto) {
+                insert.execute(params![key, position]).db()?;
+            }
+        }
+        drop(insert);
         tx.prepare_cached(
             "INSERT INTO meta (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
-        .and_then(|mut st| st.execute([bound_key(partition), head.to_string()]))
+        .and_then(|mut st| st.execute([bound_key(partition), staged.head.to_string()]))
         .db()?;
     }
     tx.commit().db()?;
-    Ok(head.max(upto))
+    staged.rows[index] = None;
+    Ok(Some((partition, staged.head.max(upto))))
 }
 
 /// Removes the by-key entry of an event being deleted (trim).

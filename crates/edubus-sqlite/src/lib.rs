@@ -151,6 +151,7 @@ impl Inner {
             partitions: config.partitions,
             poisoned: false,
             keys_upto: keys::bounds(&conn, config.partitions)?,
+            key_round: None,
             touched: Vec::new(),
             foreign: false,
             collecting: false,

@@ -38,6 +38,8 @@ pub(crate) struct WriterState {
     pub poisoned: bool,
     /// How far the by-key index is known to be complete, per partition.
     pub keys_upto: Vec<u64>,
+    /// The keys of the by-key index's round in progress (dropped by a trim).
+    pub key_round: Option<keys::Staged>,
     /// Partitions appended to in the current group, with the highest position in each.
     pub touched: Vec<(u32, u64)>,
     /// The current group found positions assigned by another process since this writer's
@@ -278,16 +280,32 @@ fn run_loop(
     }
 }
 
-/// Indexes partitions the by-key index is behind on: one after a group while commands wait,
-/// all that are due while none does. A failure (another process holding the lock) is retried
-/// after the next group.
+/// Advances the by-key index: reads a round's keys once some partition is due, then indexes
+/// one partition after a group while commands wait, all of them while none does. A failure
+/// (another process holding the lock) is retried after the next group.
 fn index_keys(conn: &mut Connection, state: &mut WriterState, rx: &mpsc::Receiver<Msg>) {
-    while let Some(partition) = keys::due(state.head, &state.keys_upto) {
-        let Ok(upto) = keys::index_partition(conn, partition) else {
-            return;
-        };
-        if let Some(bound) = state.keys_upto.get_mut(partition as usize) {
-            *bound = upto;
+    loop {
+        if state.key_round.is_none() {
+            if !keys::due(state.head, &state.keys_upto) {
+                return;
+            }
+            let Ok(round) = keys::Staged::read(conn, &state.keys_upto) else {
+                return;
+            };
+            state.key_round = Some(round);
+        } else {
+            let Some(round) = state.key_round.as_mut() else {
+                return;
+            };
+            match keys::index_staged(conn, round) {
+                Ok(Some((partition, upto))) => {
+                    if let Some(bound) = state.keys_upto.get_mut(partition as usize) {
+                        *bound = upto;
+                    }
+                }
+                Ok(None) => state.key_round = None,
+                Err(_) => return,
+            }
         }
         if !rx.is_empty() {
             return;
