@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{append, consumer, lease_options, leases, open, spec};
+use common::{append, claim_stalled, consumer, lease_options, leases, open, spec};
 use edubus_core::{EventStore, Lease, Transport, partition_of};
 use edubus_sqlite::SqliteBackend;
 
@@ -53,14 +53,7 @@ async fn an_append_reaches_a_waiting_fetch_without_another_commit_and_its_fetch_
     assert_eq!(fetched.scanned_to, stored[0].position);
 
     // The consumer stalls: whoever claims the partition counts the handed-off delivery.
-    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5);
-    bus.rebalance("s", &consumer("a"), options, &[(lease.partition, long_ago)])
-        .await
-        .unwrap();
-    let b = bus
-        .rebalance("s", &consumer("b"), options, &[])
-        .await
-        .unwrap();
+    let b = claim_stalled(&bus, "s", lease.partition, options).await;
     let claimed = lease_of(&bus, "student-7", &b);
     let again = bus.fetch(&claimed, claimed.cursor, 0, 10).await.unwrap();
     assert_eq!(again.deliveries[0].event.envelope.id, event.envelope.id);

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{append, consumer, handled, lease_options, leases, open, spec};
+use common::{append, claim_stalled, consumer, handled, lease_options, leases, open, spec};
 use edubus_core::{Append, ErrorKind, EventStore, Lease, Outcome, Settlement, Transport};
 use edubus_sqlite::SqliteBackend;
 
@@ -145,14 +145,7 @@ async fn a_stalled_partition_is_claimed_and_the_attempt_carries_over() {
         .deliveries;
     assert_eq!(first[0].delivery_count, 1);
 
-    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5);
-    bus.rebalance("s", &consumer("a"), options, &[(lease.partition, long_ago)])
-        .await
-        .unwrap();
-    let b = bus
-        .rebalance("s", &consumer("b"), options, &[])
-        .await
-        .unwrap();
+    let b = claim_stalled(&bus, "s", lease.partition, options).await;
     let claimed = b
         .iter()
         .find(|l| l.partition == lease.partition)

@@ -79,3 +79,20 @@ pub fn handled(position: u64, event_id: &str) -> Settlement<SqliteWork> {
         },
     }
 }
+
+/// Reports `partition` of consumer `a` busy for seconds, so that `b` claims it as stalled;
+/// returns `b`'s leases.
+pub async fn claim_stalled(
+    bus: &SqliteBackend,
+    sub: &str,
+    partition: u32,
+    options: LeaseOptions,
+) -> Vec<Lease> {
+    let long_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5);
+    bus.rebalance(sub, &consumer("a"), options, &[(partition, long_ago)])
+        .await
+        .unwrap();
+    bus.rebalance(sub, &consumer("b"), options, &[])
+        .await
+        .unwrap()
+}
