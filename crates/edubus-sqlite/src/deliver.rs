@@ -214,24 +214,40 @@ impl RawDelivery {
 
 /// Checks the epoch and records how far the lease fetched (`fetched_upto`).
 fn mark_fetched(conn: &Connection, sub_id: i64, lease: &Lease, highest: u64) -> Result<()> {
+    let (partition, epoch) = (lease.partition, lease.epoch);
+    if raise_fetched(conn, sub_id, (partition, epoch), highest, false)? {
+        Ok(())
+    } else {
+        Err(stale(lease))
+    }
+}
+
+/// Raises `fetched_upto` of a partition to `highest` if it is still at `epoch` (and, with
+/// `owned_only`, has an owner); false when it is not.
+pub(crate) fn raise_fetched(
+    conn: &Connection,
+    sub_id: i64,
+    (partition, epoch): (u32, u64),
+    highest: u64,
+    owned_only: bool,
+) -> Result<bool> {
     let changed = conn
         .prepare_cached(
             "UPDATE partitions SET fetched_upto = max(fetched_upto, ?4)
-             WHERE subscription_id = ?1 AND partition = ?2 AND epoch = ?3",
+             WHERE subscription_id = ?1 AND partition = ?2 AND epoch = ?3
+               AND (NOT ?5 OR owner IS NOT NULL)",
         )
         .and_then(|mut st| {
             st.execute(params![
                 sub_id,
-                lease.partition,
-                int(lease.epoch),
-                int(highest)
+                partition,
+                int(epoch),
+                int(highest),
+                owned_only
             ])
         })
         .db()?;
-    if changed == 0 {
-        return Err(stale(lease));
-    }
-    Ok(())
+    Ok(changed == 1)
 }
 
 /// The error for a lease whose partition changed owner.

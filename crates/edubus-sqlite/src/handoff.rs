@@ -16,7 +16,7 @@ use edubus_core::{Lease, Position};
 use rusqlite::{Connection, params};
 
 use crate::clock::{int, uint};
-use crate::deliver::RawDelivery;
+use crate::deliver::{RawDelivery, raise_fetched};
 use crate::store::RawRecorded;
 
 /// A waiter older than this is dropped unheard: its fetch was given up (the runtime fetches
@@ -154,15 +154,10 @@ fn serve(
         .map(|e| RawDelivery::fresh(e.clone()))
         .collect();
     let highest = rows.last()?.position();
-    let marked = conn
-        .prepare_cached(
-            "UPDATE partitions SET fetched_upto = max(fetched_upto, ?4)
-             WHERE subscription_id = ?1 AND partition = ?2 AND epoch = ?3
-               AND owner IS NOT NULL",
-        )
-        .and_then(|mut st| st.execute(params![w.sub_id, partition, int(w.epoch), int(highest)]))
-        .ok()?;
-    (marked == 1).then_some(rows)
+    let live = (partition, w.epoch);
+    raise_fetched(conn, w.sub_id, live, highest, true)
+        .ok()?
+        .then_some(rows)
 }
 
 /// The newest position of `partition` below `position` (0 when there is none).
