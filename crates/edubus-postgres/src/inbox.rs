@@ -1,7 +1,7 @@
 //! The inbox of transactional handlers: the handler's writes, the events it causes and the
 //! inbox row commit in one transaction, so a redelivered event is recognised and skipped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 
 use edubus_core::error::BoxError;
@@ -13,7 +13,7 @@ use tokio_postgres::types::Type;
 
 use crate::PgStore;
 use crate::error::{Db, from_pg};
-use crate::store::append_in;
+use crate::store::{append_in, check_conflicts};
 
 /// A transactional handler's work: runs inside the settlement's transaction and returns more
 /// events to append in it. Build one with [`work`].
@@ -82,9 +82,10 @@ impl PgStore {
     ///
     /// Commits without work share one transaction; if it fails they are retried one by one,
     /// so one bad commit cannot fail or half-write another. Commits with work share another:
-    /// each work runs in its own savepoint (a failing work rolls back only itself), and the
-    /// events of all of them are appended once at the end, so the transaction takes the
-    /// partitions' append locks after every work's own locks and in ascending order.
+    /// each work runs in its own savepoint (a failing work, or events that reuse a stored id
+    /// with other content, roll back only their commit), and the events of all of them are
+    /// appended once at the end, so the transaction takes the partitions' append locks after
+    /// every work's own locks and in ascending order.
     pub async fn commit(&self, subscription: &str, commits: Vec<Commit>) -> Vec<Result<Committed>> {
         let mut results: Vec<Option<Result<Committed>>> = commits.iter().map(|_| None).collect();
         let (plain, with_work): (Vec<_>, Vec<_>) = commits
@@ -178,8 +179,10 @@ impl PgStore {
     }
 
     /// Commits handled events with work in one transaction: each work in its own savepoint,
-    /// then one append of every handled commit's events. If the transaction fails (the append
-    /// included), every commit fails and is retried by its caller.
+    /// released only once its events are known not to conflict with stored ones or with those
+    /// of an earlier commit, then one append of every handled commit's events. If the
+    /// transaction fails (the append included), every commit fails and is retried by its
+    /// caller.
     async fn commit_grouped(
         &self,
         subscription: &str,
@@ -189,9 +192,18 @@ impl PgStore {
         let mut tx = client.transaction().await.db()?;
         // Per commit: the events to append (handled) or the outcome already known.
         let mut staged: Vec<Result<Option<Vec<Append>>>> = Vec::with_capacity(commits.len());
+        let mut bodies = HashMap::new();
         for commit in commits {
             let savepoint = tx.transaction().await.db()?;
-            match stage_in(&savepoint, subscription, commit).await {
+            let outcome = match stage_in(&savepoint, subscription, commit).await {
+                Ok(Some(events)) => {
+                    check_conflicts(&savepoint, &events, self.partitions(), &mut bodies)
+                        .await
+                        .map(|()| Some(events))
+                }
+                other => other,
+            };
+            match outcome {
                 Ok(events) => {
                     savepoint.commit().await.db()?;
                     staged.push(Ok(events));

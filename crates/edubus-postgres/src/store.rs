@@ -130,6 +130,58 @@ pub(crate) async fn append_in(
     settle_duplicates(tx, &rows, inserted).await
 }
 
+/// Fails with `Conflict`, as [`append_in`] would, when an event of `batch` reuses the id of a
+/// stored event or of one in `staged` (events this transaction appends later) with other
+/// content; otherwise adds the batch's ids and bodies to `staged`.
+///
+/// A plain read, without the append locks: a settlement checks each commit before releasing
+/// its savepoint and appends all of them at the end. An event with the same id committed by
+/// a concurrent transaction in between still fails that final append.
+pub(crate) async fn check_conflicts(
+    tx: &Transaction<'_>,
+    batch: &[Append],
+    partitions: u32,
+    staged: &mut HashMap<String, String>,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let rows = batch
+        .iter()
+        .map(|a| NewEvent::new(a, partitions))
+        .collect::<Result<Vec<_>>>()?;
+    let ids: Vec<&str> = rows.iter().map(|r| r.id).collect();
+    let stored = tx
+        .query_typed(
+            "SELECT id, body FROM events WHERE id = ANY($1)",
+            &[(&ids, Type::TEXT_ARRAY)],
+        )
+        .await
+        .db()?;
+    let stored: HashMap<&str, &str> = stored.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut batch_bodies: HashMap<&str, &str> = HashMap::new();
+    for row in &rows {
+        let earlier = batch_bodies
+            .get(row.id)
+            .copied()
+            .or_else(|| staged.get(row.id).map(String::as_str));
+        if earlier.is_some_and(|body| body != row.body) {
+            return Err(Error::conflict(format!(
+                "event `{}` is appended by an earlier commit of the same settlement with \
+                 different content; nothing of this commit was stored",
+                row.id
+            )));
+        }
+        if stored.get(row.id).is_some_and(|body| *body != row.body) {
+            return Err(Error::conflict(conflict_message(row.id, true)));
+        }
+        batch_bodies.insert(row.id, &row.body);
+    }
+    drop(batch_bodies);
+    staged.extend(rows.into_iter().map(|r| (r.id.to_owned(), r.body)));
+    Ok(())
+}
+
 /// One [`Appended`] per row: inserted rows as new, the others compared with what is stored.
 async fn settle_duplicates(
     tx: &Transaction<'_>,

@@ -4,7 +4,7 @@ mod common;
 
 use common::{append, store};
 use edubus_core::error::BoxError;
-use edubus_core::{Attempt, ErrorKind, EventStore};
+use edubus_core::{Append, Attempt, ErrorKind, EventStore};
 use edubus_postgres::{Commit, Committed, PgStore, work};
 use serde_json::json;
 
@@ -177,6 +177,70 @@ async fn batched_commits_without_work_fall_back_so_one_conflict_fails_alone() {
     seen.sort();
     assert_eq!(seen, vec!["a".to_owned(), "c".to_owned()]);
     assert!(store.get(&fine.envelope.id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn commits_with_work_whose_events_conflict_fail_alone() {
+    let (_schema, store) = store("inbox_grouped_conflict").await;
+    business_table(&store).await;
+    let stored = append("student-9", 9);
+    store.append(vec![stored.clone()]).await.unwrap();
+    let mut reused_stored = stored.clone();
+    reused_stored.envelope.data = json!({ "changed": true });
+    let fine = append("student-1", 1);
+    let mut reused_fine = fine.clone();
+    reused_fine.envelope.data = json!({ "changed": true });
+    let commit = |id: &str, caused: Append| Commit {
+        event_id: id.into(),
+        work: Some(grade(id, false)),
+        caused: vec![caused],
+    };
+    let results = store
+        .commit(
+            "grading",
+            vec![
+                commit("good", fine.clone()),
+                commit("reuses-stored", reused_stored),
+                commit("reuses-earlier", reused_fine),
+                commit("also-good", append("student-2", 2)),
+            ],
+        )
+        .await;
+
+    assert!(
+        matches!(&results[0], Ok(Committed::Handled(a)) if a.len() == 2 && a[1].id == fine.envelope.id),
+        "{:?}",
+        results[0]
+    );
+    for (i, what) in [(1, "already stored"), (2, "earlier commit")] {
+        let err = results[i].as_ref().expect_err("a conflicting commit fails");
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+        assert!(err.to_string().contains(what), "{err}");
+    }
+    assert!(matches!(&results[3], Ok(Committed::Handled(a)) if a.len() == 2));
+    assert_eq!(
+        grades(&store).await,
+        vec!["also-good".to_owned(), "good".to_owned()],
+        "the conflicting commits' work is rolled back"
+    );
+    let mut seen = store
+        .seen(
+            "grading",
+            &[
+                "good".into(),
+                "reuses-stored".into(),
+                "reuses-earlier".into(),
+                "also-good".into(),
+            ],
+        )
+        .await
+        .unwrap();
+    seen.sort();
+    assert_eq!(seen, vec!["also-good".to_owned(), "good".to_owned()]);
+    let kept = store.get(&stored.envelope.id).await.unwrap().unwrap();
+    assert_eq!(kept.envelope.data, stored.envelope.data);
+    let first = store.get(&fine.envelope.id).await.unwrap().unwrap();
+    assert_eq!(first.envelope.data, fine.envelope.data);
 }
 
 #[tokio::test]
