@@ -1,5 +1,6 @@
 //! Connection settings and the versioned schema, migrated at open (docs/embedded.md, "Schema").
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::config::SqliteConfig;
@@ -140,6 +141,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub(crate) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
     let conn = Connection::open(&config.path).db()?;
     conn.busy_timeout(config.busy_timeout).db()?;
+    stable_plans(&conn)?;
     // Large pages: fewer pages per event row and per index page touched by a group commit.
     // Only takes effect on a new, empty file.
     conn.execute_batch("PRAGMA page_size = 16384").db()?;
@@ -167,6 +169,7 @@ pub(crate) fn open_reader(config: &SqliteConfig) -> Result<Connection> {
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(&config.path, flags).db()?;
     conn.busy_timeout(config.busy_timeout).db()?;
+    stable_plans(&conn)?;
     // Memory-mapped reads: every commit of the writer empties a reader's page cache, so
     // readers fetch pages often; a mapping spares them a copy and a system call each.
     conn.execute_batch(
@@ -178,6 +181,16 @@ pub(crate) fn open_reader(config: &SqliteConfig) -> Result<Connection> {
     .db()?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Plans a statement once, whatever values are bound to it. Without this, the bundled
+/// SQLite (built with STAT4) lets bound values steer some plans, e.g. the fetch's `position >
+/// ?`, and then re-prepares the cached statement on a later bind with another value: a full
+/// parse and plan, often, on the hottest reads.
+fn stable_plans(conn: &Connection) -> Result<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .db()?;
+    Ok(())
 }
 
 /// Applies every migration not yet recorded; safe when several processes open at once.
@@ -234,4 +247,40 @@ pub(crate) fn stored_partitions(conn: &Connection, partitions: u32) -> Result<u3
             format!("meta.partitions = {stored:?}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    #[test]
+    fn a_cached_fetch_is_not_prepared_again_for_other_bound_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::in_dir(dir.path());
+        let mut writer = open_writer(&config).unwrap();
+        migrate(&mut writer).unwrap();
+        writer
+            .execute_batch(
+                "WITH RECURSIVE n(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM n
+                     WHERE value < 200)
+                 INSERT INTO events (id, stream, partition, key, type, version, recorded_at,
+                     envelope)
+                 SELECT 'id-' || value, 's', value % 16, 'k', 't', 1, value, '{}' FROM n",
+            )
+            .unwrap();
+        let reader = open_reader(&config).unwrap();
+        let mut fetch = reader
+            .prepare(
+                "SELECT position FROM events
+                 WHERE partition = ?1 AND position > ?2 ORDER BY position LIMIT 10",
+            )
+            .unwrap();
+        for (partition, after) in (0..16).flat_map(|p| [(p, 0), (p, 100)]) {
+            let rows = fetch.query_map([partition, after], |_| Ok(())).unwrap();
+            assert!(rows.count() > 0);
+        }
+        assert_eq!(fetch.get_status(StatementStatus::RePrepare), 0);
+    }
 }
