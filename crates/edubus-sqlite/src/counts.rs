@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 
 use crate::clock::int;
 use crate::error::{Db, from_json};
-use crate::subs::type_filter;
+use crate::subs::{type_filter, with_types};
 
 /// Events just inserted, counted by `(partition, type)`.
 pub(crate) type Inserted<'a> = HashMap<(u32, &'a str), u64>;
@@ -56,39 +56,42 @@ pub(crate) fn on_append(conn: &Connection, inserted: &Inserted<'_>) -> Result<()
 pub(crate) fn advance(
     conn: &Connection,
     sub_id: i64,
-    types_json: &str,
+    types: &[String],
     partition: u32,
     (from, to): (u64, u64),
 ) -> Result<()> {
-    let sql = concat!(
+    let sql = format!(
         "UPDATE partitions SET cursor = ?4, fetched_upto = max(fetched_upto, ?4),
             settled = settled + (SELECT count(*) FROM events e
-                WHERE e.partition = ?2 AND e.position > ?3 AND e.position <= ?4 AND ",
-        type_filter!("e", "?5"),
-        ") WHERE subscription_id = ?1 AND partition = ?2"
+                WHERE e.partition = ?2 AND e.position > ?3 AND e.position <= ?4 AND {})
+         WHERE subscription_id = ?1 AND partition = ?2",
+        type_filter("e", 5, types)
     );
-    conn.prepare_cached(sql)
-        .and_then(|mut st| st.execute(params![sub_id, partition, int(from), int(to), types_json]))
+    let (from, to) = (int(from), int(to));
+    let args = with_types(&[&sub_id, &partition, &from, &to], types);
+    conn.prepare_cached(&sql)
+        .and_then(|mut st| st.execute(&*args))
         .db()?;
     Ok(())
 }
 
 /// Recounts both counters of a subscription from the log (at registration, or when its
 /// types changed).
-pub(crate) fn recount(conn: &Connection, sub_id: i64, types_json: &str, start: u64) -> Result<()> {
-    let sql = concat!(
+pub(crate) fn recount(conn: &Connection, sub_id: i64, types: &[String], start: u64) -> Result<()> {
+    let filter = type_filter("e", 3, types);
+    let sql = format!(
         "UPDATE partitions SET
             appended = (SELECT count(*) FROM events e
-                WHERE e.partition = partitions.partition AND e.position > ?2 AND ",
-        type_filter!("e", "?3"),
-        "), settled = (SELECT count(*) FROM events e
+                WHERE e.partition = partitions.partition AND e.position > ?2 AND {filter}),
+            settled = (SELECT count(*) FROM events e
                 WHERE e.partition = partitions.partition AND e.position > ?2
-                  AND e.position <= partitions.cursor AND ",
-        type_filter!("e", "?3"),
-        ") WHERE subscription_id = ?1"
+                  AND e.position <= partitions.cursor AND {filter})
+         WHERE subscription_id = ?1"
     );
-    conn.prepare_cached(sql)
-        .and_then(|mut st| st.execute(params![sub_id, int(start), types_json]))
+    let start = int(start);
+    let args = with_types(&[&sub_id, &start], types);
+    conn.prepare_cached(&sql)
+        .and_then(|mut st| st.execute(&*args))
         .db()?;
     Ok(())
 }

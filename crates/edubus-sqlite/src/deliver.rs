@@ -9,7 +9,7 @@ use crate::SqliteBackend;
 use crate::clock::{int, uint};
 use crate::error::{Db, from_json};
 use crate::store::{RECORDED_COLUMNS, RawRecorded, head_position};
-use crate::subs::{self, Sub, type_filter};
+use crate::subs::{self, Sub, type_filter, with_types};
 
 /// Fetches up to `max` deliveries: replay-queue entries above `after_requeue`, then log events
 /// above `after`, flagged when the inbox already has them, in one read snapshot whose head
@@ -91,7 +91,7 @@ fn read_deliveries(
         rows.extend(log_rows(
             conn,
             sub.id,
-            &sub.types_json,
+            &sub.types,
             lease.partition,
             after,
             left,
@@ -111,7 +111,7 @@ fn read_deliveries(
 fn log_rows(
     conn: &Connection,
     sub_id: i64,
-    types_json: &str,
+    types: &[String],
     partition: u32,
     after: Position,
     max: usize,
@@ -123,13 +123,14 @@ fn log_rows(
          LEFT JOIN failures f ON f.subscription_id = ?1 AND f.position = e.position
          LEFT JOIN inbox i ON i.subscription_id = ?1 AND i.event_id = e.id
          WHERE e.partition = ?2 AND e.position > ?3 AND {}
-         ORDER BY e.position LIMIT ?5",
-        type_filter!("e", "?4")
+         ORDER BY e.position LIMIT ?4",
+        type_filter("e", 5, types)
     );
     let mut st = conn.prepare_cached(&sql).db()?;
-    let args = params![sub_id, partition, int(after), types_json, int(max as u64)];
+    let (after, max) = (int(after), int(max as u64));
+    let args = with_types(&[&sub_id, &partition, &after, &max], types);
     let rows = st
-        .query_map(args, |row| RawDelivery::read(row, None))
+        .query_map(&*args, |row| RawDelivery::read(row, None))
         .db()?;
     rows.map(|r| r.db()).collect()
 }

@@ -12,7 +12,7 @@ use crate::SqliteBackend;
 use crate::audit::{SYSTEM_ACTOR, record};
 use crate::clock::{int, micros, now_micros, timestamp, uint};
 use crate::error::{Db, from_json};
-use crate::subs::{self, type_filter};
+use crate::subs::{self, type_filter, with_types};
 
 /// Page size of a DLQ list whose `limit` is 0.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -223,28 +223,22 @@ impl Replay for SqliteBackend {
         self.writer()
             .call(move |tx, _| {
                 let sub = subs::load(tx, &name)?;
-                let sql = concat!(
+                let sql = format!(
                     "INSERT INTO requeue (subscription_id, partition, position, queued_at, reason)
                      SELECT ?1, e.partition, e.position, ?2, 'replay'
                      FROM events e JOIN partitions p
                        ON p.subscription_id = ?1 AND p.partition = e.partition
-                     WHERE e.position >= ?3 AND e.position > ?6 AND e.position <= p.cursor
-                       AND (?4 IS NULL OR e.recorded_at >= ?4) AND ",
-                    type_filter!("e", "?5"),
-                    " ORDER BY e.position"
+                     WHERE e.position >= ?3 AND e.position > ?5 AND e.position <= p.cursor
+                       AND (?4 IS NULL OR e.recorded_at >= ?4) AND {}
+                     ORDER BY e.position",
+                    type_filter("e", 6, &sub.types)
                 );
-                let since_us = since.map(micros);
-                let args = params![
-                    sub.id,
-                    now_micros(),
-                    int(from),
-                    since_us,
-                    sub.types_json,
-                    int(sub.start_position)
-                ];
+                let (now, from, since_us) = (now_micros(), int(from), since.map(micros));
+                let start = int(sub.start_position);
+                let args = with_types(&[&sub.id, &now, &from, &since_us, &start], &sub.types);
                 let queued = tx
-                    .prepare_cached(sql)
-                    .and_then(|mut st| st.execute(args))
+                    .prepare_cached(&sql)
+                    .and_then(|mut st| st.execute(&*args))
                     .db()? as u64;
                 let detail = json!({
                     "from": from, "since": since.map(|t| t.to_string()), "queued": queued

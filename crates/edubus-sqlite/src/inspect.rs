@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, Params, params};
 use crate::SqliteBackend;
 use crate::clock::{int, now_micros, timestamp, uint};
 use crate::error::Db;
-use crate::subs::{self, Sub, type_filter};
+use crate::subs::{self, Sub, type_filter, with_types};
 
 /// Health of every subscription, from one snapshot.
 pub(crate) async fn stats(backend: &SqliteBackend) -> Result<Vec<SubscriptionStats>> {
@@ -35,18 +35,18 @@ fn count(conn: &Connection, sql: &str, args: impl Params) -> Result<u64> {
 fn stats_of(conn: &Connection, sub: &Sub, now: i64) -> Result<SubscriptionStats> {
     let beyond_cursor =
         "SELECT COALESCE(sum(appended - settled), 0) FROM partitions WHERE subscription_id = ?1";
-    let fetched = concat!(
+    let fetched = format!(
         "SELECT count(*) FROM partitions p JOIN events e
            ON e.partition = p.partition AND e.position > p.cursor AND e.position <= p.fetched_upto
-         WHERE p.subscription_id = ?1 AND ",
-        type_filter!("e", "?2")
+         WHERE p.subscription_id = ?1 AND {}",
+        type_filter("e", 2, &sub.types)
     );
     let replays = "SELECT count(*) FROM requeue WHERE subscription_id = ?1";
-    let types = params![sub.id, sub.types_json];
+    let types = with_types(&[&sub.id], &sub.types);
     Ok(SubscriptionStats {
         subscription: sub.name.clone(),
         lag: count(conn, beyond_cursor, [sub.id])? + count(conn, replays, [sub.id])?,
-        pending: count(conn, fetched, types)?,
+        pending: count(conn, &fetched, &*types)?,
         dlq_depth: count(
             conn,
             "SELECT count(*) FROM dead_letters WHERE subscription_id = ?1 AND replayed_at IS NULL",

@@ -11,7 +11,7 @@ use crate::SqliteBackend;
 use crate::clock::{duration_micros, int, micros, now_micros, timestamp, uint};
 use crate::deliver::push_attempt;
 use crate::error::Db;
-use crate::subs::{self, Sub, type_filter};
+use crate::subs::{self, Sub, type_filter, with_types};
 
 /// One partition row of a subscription.
 #[derive(Debug, Clone)]
@@ -224,20 +224,16 @@ fn in_flight(conn: &Connection, sub: &Sub, row: &PartRow) -> Result<Vec<u64>> {
     if row.fetched_upto <= row.cursor {
         return Ok(Vec::new());
     }
-    let sql = concat!(
+    let sql = format!(
         "SELECT e.position FROM events e
-         WHERE e.partition = ?1 AND e.position > ?2 AND e.position <= ?3 AND ",
-        type_filter!("e", "?4"),
-        " ORDER BY e.position"
+         WHERE e.partition = ?1 AND e.position > ?2 AND e.position <= ?3 AND {}
+         ORDER BY e.position",
+        type_filter("e", 4, &sub.types)
     );
-    let mut st = conn.prepare_cached(sql).db()?;
-    let args = params![
-        row.partition,
-        int(row.cursor),
-        int(row.fetched_upto),
-        sub.types_json
-    ];
-    let rows = st.query_map(args, |r| r.get::<_, i64>(0)).db()?;
+    let mut st = conn.prepare_cached(&sql).db()?;
+    let (cursor, upto) = (int(row.cursor), int(row.fetched_upto));
+    let args = with_types(&[&row.partition, &cursor, &upto], &sub.types);
+    let rows = st.query_map(&*args, |r| r.get::<_, i64>(0)).db()?;
     rows.map(|r| r.db().map(uint)).collect()
 }
 

@@ -84,7 +84,7 @@ fn settle_in(
         counts::advance(
             tx,
             sub.id,
-            &sub.types_json,
+            &sub.types,
             lease.partition,
             (current, new_cursor),
         )?;

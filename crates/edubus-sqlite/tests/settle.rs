@@ -217,6 +217,62 @@ async fn stats_and_states_follow_deliveries() {
 }
 
 #[tokio::test]
+async fn a_subscription_to_several_types_fetches_and_counts_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path()).await;
+    bus.register(&spec("s", &["attendance.marked", "grade.posted"]))
+        .await
+        .unwrap();
+    let lease = lease_of(&bus, "s", "k").await;
+    let types = [
+        "attendance.marked",
+        "audit.noted",
+        "grade.posted",
+        "audit.noted",
+        "attendance.marked",
+    ];
+    let batch = types.iter().map(|ty| append(ty, "k")).collect();
+    let stored = bus.append(batch).await.unwrap();
+    let counts = |bus: SqliteBackend| async move {
+        let stats = &bus.stats().await.unwrap()[0];
+        (stats.lag, stats.pending)
+    };
+    assert_eq!(counts(bus.clone()).await, (3, 0));
+
+    let got = bus
+        .fetch(&lease, lease.cursor, 0, 10)
+        .await
+        .unwrap()
+        .deliveries;
+    let got_types: Vec<&str> = got
+        .iter()
+        .map(|d| d.event.envelope.event_type.as_str())
+        .collect();
+    assert_eq!(
+        got_types,
+        ["attendance.marked", "grade.posted", "attendance.marked"]
+    );
+    assert_eq!(counts(bus.clone()).await, (3, 3));
+    let settle = got
+        .iter()
+        .map(|d| handled(d.event.position, &d.event.envelope.id))
+        .collect();
+    let last = stored[4].position;
+    bus.settle(&lease, settle, last).await.unwrap();
+    assert_eq!(counts(bus.clone()).await, (0, 0));
+
+    // New types: both counters are recounted from the log, then kept by appends.
+    let all = ["attendance.marked", "grade.posted", "audit.noted"];
+    bus.register(&spec("s", &all)).await.unwrap();
+    assert_eq!(counts(bus.clone()).await, (0, 0));
+    bus.append(vec![append("audit.noted", "k"), append("other.type", "k")])
+        .await
+        .unwrap();
+    assert_eq!(counts(bus.clone()).await, (1, 0));
+    bus.close().await;
+}
+
+#[tokio::test]
 async fn a_subscription_from_the_end_skips_earlier_events() {
     let dir = tempfile::tempdir().unwrap();
     let bus = open(dir.path()).await;
