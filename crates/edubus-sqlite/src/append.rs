@@ -1,7 +1,9 @@
 //! Appending to the log on the writer thread: idempotent per event id, atomic per batch
 //! without a savepoint of its own.
 
-use edubus_core::{Append, Appended, Error, Result, partition_of};
+use std::sync::Arc;
+
+use edubus_core::{Append, Appended, Envelope, Error, Result, partition_of};
 use rusqlite::{Connection, params};
 
 use crate::clock::{now_micros, uint};
@@ -22,18 +24,22 @@ pub(crate) struct NewEvent {
     causation_id: Option<String>,
     tenant_id: Option<String>,
     pub(crate) envelope: String,
+    /// The envelope `envelope` was serialized from, when `keep` asked for it and it is valid
+    /// (so it reads back from `envelope` unchanged): a hand-off gives it to the consumer,
+    /// which then does not decode the JSON.
+    pub(crate) parsed: Option<Arc<Envelope>>,
 }
 
 impl NewEvent {
     /// Serializes one append; the key is `partitionkey`, else `subject`, else the event id.
-    pub(crate) fn new(append: &Append, partitions: u32) -> Result<Self> {
+    pub(crate) fn new(append: Append, partitions: u32, keep: bool) -> Result<Self> {
         let env = &append.envelope;
         let key = env.key().unwrap_or(&env.id).to_owned();
         let envelope = serde_json::to_string(env)
             .map_err(|e| Error::internal("an envelope could not be serialized", e))?;
-        Ok(Self {
+        let mut event = Self {
             id: env.id.clone(),
-            stream: append.stream.clone(),
+            stream: append.stream,
             partition: partition_of(&key, partitions),
             key,
             event_type: env.event_type.clone(),
@@ -42,12 +48,20 @@ impl NewEvent {
             causation_id: env.causationid.clone(),
             tenant_id: env.tenantid.clone(),
             envelope,
-        })
+            parsed: None,
+        };
+        if keep && append.envelope.validate().is_ok() {
+            event.parsed = Some(Arc::new(append.envelope));
+        }
+        Ok(event)
     }
 
-    /// Serializes a batch.
-    pub(crate) fn batch(appends: &[Append], partitions: u32) -> Result<Vec<Self>> {
-        appends.iter().map(|a| Self::new(a, partitions)).collect()
+    /// Serializes a batch; `keep`: see [`NewEvent::parsed`].
+    pub(crate) fn batch(appends: Vec<Append>, partitions: u32, keep: bool) -> Result<Vec<Self>> {
+        appends
+            .into_iter()
+            .map(|a| Self::new(a, partitions, keep))
+            .collect()
     }
 }
 

@@ -167,7 +167,7 @@ fn apply(
             if let Some(work) = work {
                 appends.extend(run_work(tx, work)?);
             }
-            let rows = NewEvent::batch(&appends, state.partitions)?;
+            let rows = NewEvent::batch(appends, state.partitions, false)?;
             insert_events(tx, &rows, state)?;
         }
         Outcome::Duplicate => {}

@@ -5,6 +5,8 @@ use edubus_core::{
     Append, Appended, Envelope, Error, EventStore, Position, ReadQuery, Recorded, Result,
     partition_of,
 };
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
@@ -48,10 +50,18 @@ pub(crate) struct RawRecorded {
     partition: u32,
     key: String,
     recorded_at: i64,
-    envelope: String,
+    envelope: Body,
     id: String,
     event_type: String,
     version: u32,
+}
+
+/// An envelope as stored (JSON), or the envelope its JSON was serialized from, which decoding
+/// the JSON would give back.
+#[derive(Debug, Clone)]
+enum Body {
+    Json(String),
+    Parsed(Arc<Envelope>),
 }
 
 impl RawRecorded {
@@ -63,7 +73,7 @@ impl RawRecorded {
             partition: row.get(at + 2)?,
             key: row.get(at + 3)?,
             recorded_at: row.get(at + 4)?,
-            envelope: row.get(at + 5)?,
+            envelope: Body::Json(row.get(at + 5)?),
             id: row.get(at + 6)?,
             event_type: row.get(at + 7)?,
             version: row.get(at + 8)?,
@@ -78,7 +88,10 @@ impl RawRecorded {
             partition: ev.partition,
             key: ev.key.clone(),
             recorded_at,
-            envelope: ev.envelope.clone(),
+            envelope: match &ev.parsed {
+                Some(parsed) => Body::Parsed(Arc::clone(parsed)),
+                None => Body::Json(ev.envelope.clone()),
+            },
             id: ev.id.clone(),
             event_type: ev.event_type.clone(),
             version: ev.version,
@@ -102,9 +115,12 @@ impl RawRecorded {
 
     /// Decodes the envelope; one that no longer decodes becomes an [`undecodable`] stand-in.
     pub(crate) fn decode(self) -> Recorded {
-        let envelope = match serde_json::from_str::<Envelope>(&self.envelope) {
-            Ok(envelope) => envelope,
-            Err(e) => undecodable(self.envelope, self.id, self.event_type, self.version, &e),
+        let envelope = match self.envelope {
+            Body::Parsed(envelope) => Arc::unwrap_or_clone(envelope),
+            Body::Json(json) => match serde_json::from_str::<Envelope>(&json) {
+                Ok(envelope) => envelope,
+                Err(e) => undecodable(json, self.id, self.event_type, self.version, &e),
+            },
         };
         Recorded {
             position: uint(self.position),
@@ -230,12 +246,14 @@ impl EventStore for SqliteBackend {
             return Ok(Vec::new());
         }
         let partitions = self.partitions_stored();
+        // Envelopes a waiting lease may be handed are kept, so its consumer need not decode.
+        let keep = self.handoff().anyone_waiting();
         let rows = if batch.len() >= BLOCKING_ENCODE_MIN {
-            tokio::task::spawn_blocking(move || NewEvent::batch(&batch, partitions))
+            tokio::task::spawn_blocking(move || NewEvent::batch(batch, partitions, keep))
                 .await
                 .map_err(|e| Error::internal("envelope serialization failed", e))??
         } else {
-            NewEvent::batch(&batch, partitions)?
+            NewEvent::batch(batch, partitions, keep)?
         };
         // No savepoint: `insert_events` undoes its own inserts on a conflict. The rows travel
         // back to be freed here, not on the writer thread.

@@ -35,7 +35,12 @@ async fn an_append_reaches_a_waiting_fetch_without_another_commit_and_its_fetch_
     let lease = lease_of(&bus, "student-7", &a);
     let after = empty_fetch(&bus, &lease, 10).await;
 
-    let event = append("attendance.marked", "student-7");
+    let mut event = append("attendance.marked", "student-7");
+    event.envelope = event
+        .envelope
+        .with_extension("vendorext", "x")
+        .with_correlation_id("correlation-1");
+    event.envelope.data = serde_json::json!({ "key": "student-7", "score": 0.1, "n": -3 });
     let stored = bus.append(vec![event.clone()]).await.unwrap();
     let commands = bus.writer_stats().commands;
     let fetched = bus.fetch(&lease, after, 0, 10).await.unwrap();
@@ -48,6 +53,11 @@ async fn an_append_reaches_a_waiting_fetch_without_another_commit_and_its_fetch_
     let delivery = &fetched.deliveries[0];
     assert_eq!(delivery.event.envelope.id, event.envelope.id);
     assert_eq!(delivery.event.position, stored[0].position);
+    let read = bus.get(&event.envelope.id).await.unwrap().unwrap();
+    assert_eq!(
+        delivery.event.envelope, read.envelope,
+        "the envelope handed off is the one a read decodes"
+    );
     assert_eq!(delivery.delivery_count, 1);
     assert!(!delivery.handled);
     assert_eq!(fetched.scanned_to, stored[0].position);
