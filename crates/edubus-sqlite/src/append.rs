@@ -93,7 +93,7 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 /// a write marks the writer state poisoned, and the whole group rolls back.
 pub(crate) fn insert_events(
     conn: &Connection,
-    events: &[NewEvent],
+    events: &mut [NewEvent],
     state: &mut WriterState,
 ) -> Result<Vec<Appended>> {
     let head = state.head;
@@ -129,7 +129,11 @@ fn undo(conn: &Connection, before: i64) -> Result<()> {
     Ok(())
 }
 
-fn write(conn: &Connection, events: &[NewEvent], state: &mut WriterState) -> Result<Vec<Appended>> {
+fn write(
+    conn: &Connection,
+    events: &mut [NewEvent],
+    state: &mut WriterState,
+) -> Result<Vec<Appended>> {
     let now = now_micros();
     let mut insert = conn
         .prepare_cached(
@@ -140,7 +144,7 @@ fn write(conn: &Connection, events: &[NewEvent], state: &mut WriterState) -> Res
         .db()?;
     let mut out: Vec<Appended> = Vec::with_capacity(events.len());
     let mut counted = Inserted::new();
-    for ev in events {
+    for ev in events.iter_mut() {
         let row = params![
             ev.id,
             ev.stream,
@@ -169,7 +173,10 @@ fn write(conn: &Connection, events: &[NewEvent], state: &mut WriterState) -> Res
         state.head = state.head.max(position);
         state.touched.push((ev.partition, position));
         if state.collecting && !duplicate {
-            state.fresh.push(RawRecorded::inserted(ev, position, now));
+            let parsed = ev.parsed.take();
+            state
+                .fresh
+                .push(RawRecorded::inserted(ev, parsed, position, now));
         }
         out.push(Appended {
             id: ev.id.clone(),

@@ -167,8 +167,8 @@ fn apply(
             if let Some(work) = work {
                 appends.extend(run_work(tx, work)?);
             }
-            let rows = NewEvent::batch(appends, state.partitions, false)?;
-            insert_events(tx, &rows, state)?;
+            let mut rows = NewEvent::batch(appends, state.partitions, false)?;
+            insert_events(tx, &mut rows, state)?;
         }
         Outcome::Duplicate => {}
         Outcome::Dead(letter) => insert_dead_letter(tx, sub.id, lease.partition, &letter)?,

@@ -80,16 +80,23 @@ impl RawRecorded {
         })
     }
 
-    /// An event just inserted at `position`, recorded at `recorded_at` (unix µs).
-    pub(crate) fn inserted(ev: &NewEvent, position: u64, recorded_at: i64) -> Self {
+    /// An event just inserted at `position`, recorded at `recorded_at` (unix µs), with the
+    /// envelope it was serialized from if kept (taken out of `ev`, so that a single consumer
+    /// handed it holds the only reference and need not copy it).
+    pub(crate) fn inserted(
+        ev: &NewEvent,
+        parsed: Option<Arc<Envelope>>,
+        position: u64,
+        recorded_at: i64,
+    ) -> Self {
         Self {
             position: int(position),
             stream: ev.stream.clone(),
             partition: ev.partition,
             key: ev.key.clone(),
             recorded_at,
-            envelope: match &ev.parsed {
-                Some(parsed) => Body::Parsed(Arc::clone(parsed)),
+            envelope: match parsed {
+                Some(parsed) => Body::Parsed(parsed),
                 None => Body::Json(ev.envelope.clone()),
             },
             id: ev.id.clone(),
@@ -259,7 +266,10 @@ impl EventStore for SqliteBackend {
         // back to be freed here, not on the writer thread.
         let (appended, rows) = self
             .writer()
-            .call_unguarded(move |tx, state| Ok((insert_events(tx, &rows, state), rows)))
+            .call_unguarded(move |tx, state| {
+                let mut rows = rows;
+                Ok((insert_events(tx, &mut rows, state), rows))
+            })
             .await?;
         drop(rows);
         appended
