@@ -151,14 +151,8 @@ pub(crate) async fn check_conflicts(
         .map(|a| NewEvent::new(a, partitions))
         .collect::<Result<Vec<_>>>()?;
     let ids: Vec<&str> = rows.iter().map(|r| r.id).collect();
-    let stored = tx
-        .query_typed(
-            "SELECT id, body FROM events WHERE id = ANY($1)",
-            &[(&ids, Type::TEXT_ARRAY)],
-        )
-        .await
-        .db()?;
-    let stored: HashMap<&str, &str> = stored.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let stored = stored_with_ids(tx, &ids).await?;
+    let stored: HashMap<&str, &str> = stored.iter().map(|r| (r.get(0), r.get(2))).collect();
     let mut batch_bodies: HashMap<&str, &str> = HashMap::new();
     for row in &rows {
         let earlier = batch_bodies
@@ -180,6 +174,16 @@ pub(crate) async fn check_conflicts(
     drop(batch_bodies);
     staged.extend(rows.into_iter().map(|r| (r.id.to_owned(), r.body)));
     Ok(())
+}
+
+/// `id`, `position` and `body` of the stored events among `ids`.
+async fn stored_with_ids(tx: &Transaction<'_>, ids: &[&str]) -> Result<Vec<Row>> {
+    tx.query_typed(
+        "SELECT id, position, body FROM events WHERE id = ANY($1)",
+        &[(&ids, Type::TEXT_ARRAY)],
+    )
+    .await
+    .db()
 }
 
 /// One [`Appended`] per row: inserted rows as new, the others compared with what is stored.
@@ -204,13 +208,7 @@ async fn settle_duplicates(
         return Ok(out);
     }
     let ids: Vec<&str> = missing.iter().map(|&i| rows[i].id).collect();
-    let stored = tx
-        .query_typed(
-            "SELECT id, position, body FROM events WHERE id = ANY($1)",
-            &[(&ids, Type::TEXT_ARRAY)],
-        )
-        .await
-        .db()?;
+    let stored = stored_with_ids(tx, &ids).await?;
     let stored: HashMap<&str, (i64, &str)> = stored
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
