@@ -280,32 +280,33 @@ fn run_loop(
     }
 }
 
-/// Advances the by-key index: reads a round's keys once some partition is due, then indexes
-/// one partition after a group while commands wait, all of them while none does. A failure
-/// (another process holding the lock) is retried after the next group.
+/// Advances the by-key index once some partition is due: one step of the round
+/// ([`keys::Staged::step`]) after a group while commands wait, steps until the round is over
+/// while none does. A failure (another process holding the lock) is retried after the next
+/// group.
 fn index_keys(conn: &mut Connection, state: &mut WriterState, rx: &mpsc::Receiver<Msg>) {
     loop {
         if state.key_round.is_none() {
             if !keys::due(state.head, &state.keys_upto) {
                 return;
             }
-            let Ok(round) = keys::Staged::read(conn, &state.keys_upto) else {
+            let Ok(round) = keys::Staged::start(conn, &state.keys_upto) else {
                 return;
             };
             state.key_round = Some(round);
-        } else {
-            let Some(round) = state.key_round.as_mut() else {
-                return;
-            };
-            match keys::index_staged(conn, round) {
-                Ok(Some((partition, upto))) => {
-                    if let Some(bound) = state.keys_upto.get_mut(partition as usize) {
-                        *bound = upto;
-                    }
+        }
+        let Some(round) = state.key_round.as_mut() else {
+            return;
+        };
+        match round.step(conn) {
+            Ok(keys::Step::Progress) => {}
+            Ok(keys::Step::Indexed(partition, upto)) => {
+                if let Some(bound) = state.keys_upto.get_mut(partition as usize) {
+                    *bound = upto;
                 }
-                Ok(None) => state.key_round = None,
-                Err(_) => return,
             }
+            Ok(keys::Step::Done) => state.key_round = None,
+            Err(_) => return,
         }
         if !rx.is_empty() {
             return;
