@@ -8,7 +8,7 @@ use crate::error::Db;
 use edubus_core::Result;
 
 /// Migrations by version, applied in order, each in its own transaction.
-const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1)];
+const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2)];
 
 /// The current schema: the log, subscriptions and their delivery state, DLQ, inbox, audit.
 ///
@@ -133,8 +133,16 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is immutable'); END;
 ";
 
+/// The correlation index leaves out events whose correlation id is their own id: a root
+/// event is found by its id, so every publish that starts a correlation writes one index
+/// entry less. Queries by correlation id read both indexes (`store.rs`).
+const MIGRATION_2: &str = "
+DROP INDEX events_correlation;
+CREATE INDEX events_correlation ON events (correlation_id, position) WHERE correlation_id <> id;
+";
+
 /// Version of the newest migration.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Opens the read-write connection of the writer thread, in WAL mode. It never checkpoints:
 /// [`crate::checkpoint`] does, on its own thread.

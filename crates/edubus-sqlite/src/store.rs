@@ -202,6 +202,28 @@ fn select(
     (upto, partition): (u64, u32),
     limit: usize,
 ) -> Result<Vec<Recorded>> {
+    let mut st = conn.prepare_cached(&select_sql(query, source)).db()?;
+    let types = serde_json::to_string(&query.types).unwrap_or_else(|_| "[]".into());
+    let since = query.since.map(micros);
+    let args = params![
+        int(query.after),
+        types,
+        query.key,
+        query.correlation_id,
+        query.stream,
+        since,
+        int(upto),
+        partition,
+        int(limit as u64)
+    ];
+    // Parameters the SQL does not name are bound and ignored: `?9` is always the highest.
+    let rows = st.query_map(args, |row| recorded(row, 0)).db()?;
+    rows.map(Db::db).collect()
+}
+
+/// The SQL of [`select`]: `?1` after, `?2` types (JSON), `?3` key, `?4` correlation id,
+/// `?5` stream, `?6` since, `?7` key index bound, `?8` partition, `?9` limit.
+fn select_sql(query: &ReadQuery, source: Source) -> String {
     let mut sql = format!("SELECT {RECORDED_COLUMNS} FROM events e WHERE e.position > ?1");
     sql.push_str(match source {
         Source::Log => "",
@@ -219,7 +241,12 @@ fn select(
         ));
     }
     for (cond, present) in [
-        (" AND e.correlation_id = ?4", query.correlation_id.is_some()),
+        (
+            // The partial index holds the caused events, the id index the root.
+            " AND (e.correlation_id = ?4 AND e.correlation_id <> e.id
+                   OR e.id = ?4 AND e.correlation_id = ?4)",
+            query.correlation_id.is_some(),
+        ),
         (" AND e.stream = ?5", query.stream.is_some()),
         (" AND e.recorded_at >= ?6", query.since.is_some()),
     ] {
@@ -228,23 +255,7 @@ fn select(
         }
     }
     sql.push_str(" ORDER BY e.position LIMIT ?9");
-    let mut st = conn.prepare_cached(&sql).db()?;
-    let types = serde_json::to_string(&query.types).unwrap_or_else(|_| "[]".into());
-    let since = query.since.map(micros);
-    let args = params![
-        int(query.after),
-        types,
-        query.key,
-        query.correlation_id,
-        query.stream,
-        since,
-        int(upto),
-        partition,
-        int(limit as u64)
-    ];
-    // Parameters the SQL does not name are bound and ignored: `?9` is always the highest.
-    let rows = st.query_map(args, |row| recorded(row, 0)).db()?;
-    rows.map(Db::db).collect()
+    sql
 }
 
 impl EventStore for SqliteBackend {
@@ -296,5 +307,51 @@ impl EventStore for SqliteBackend {
 
     async fn head(&self) -> Result<Position> {
         self.readers().run(head_position).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SqliteConfig;
+    use crate::schema;
+
+    #[test]
+    fn a_read_by_correlation_searches_the_partial_index_and_the_id_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = schema::open_writer(&SqliteConfig::in_dir(dir.path())).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let query = ReadQuery {
+            correlation_id: Some("c".into()),
+            ..Default::default()
+        };
+        let plan = format!("EXPLAIN QUERY PLAN {}", select_sql(&query, Source::Log));
+        let mut st = conn.prepare(&plan).unwrap();
+        let steps: Vec<String> = st
+            .query_map(
+                params![
+                    0,
+                    "[]",
+                    None::<String>,
+                    "c",
+                    None::<String>,
+                    None::<i64>,
+                    0,
+                    0,
+                    100
+                ],
+                |r| r.get(3),
+            )
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        let searches = |index: &str| {
+            steps
+                .iter()
+                .any(|s| s.starts_with("SEARCH e USING INDEX") && s.contains(index))
+        };
+        assert!(searches("events_correlation"), "{steps:?}");
+        assert!(searches("sqlite_autoindex_events_1"), "{steps:?}");
+        assert!(!steps.iter().any(|s| s.starts_with("SCAN e")), "{steps:?}");
     }
 }

@@ -88,10 +88,13 @@ async fn reads_by_position_key_type_correlation_stream_and_time() {
     let root = envelope("enrollment.approved", "app-1");
     let caused = envelope("enrollment.provisioned", "student-9").caused_by(&root);
     let other = envelope("attendance.marked", "student-9");
+    // Correlated to `caused`, which itself belongs to the correlation of `root`.
+    let nested = envelope("enrollment.provisioned", "student-8").with_correlation_id(&caused.id);
     let batch = [
         (&root, "enrollment"),
         (&caused, "enrollment"),
         (&other, "attendance"),
+        (&nested, "enrollment"),
     ]
     .map(|(e, s)| Append {
         envelope: e.clone(),
@@ -102,7 +105,7 @@ async fn reads_by_position_key_type_correlation_stream_and_time() {
     let all = bus.read(ReadQuery::default()).await.unwrap();
     assert_eq!(
         all.iter().map(|r| r.position).collect::<Vec<_>>(),
-        [1, 2, 3]
+        [1, 2, 3, 4]
     );
     let page = bus
         .read(ReadQuery {
@@ -139,6 +142,14 @@ async fn reads_by_position_key_type_correlation_stream_and_time() {
     assert_eq!(
         ids(bus.read(by_corr).await.unwrap()),
         [root.id.clone(), caused.id.clone()]
+    );
+    let by_nested_corr = ReadQuery {
+        correlation_id: Some(caused.id.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(bus.read(by_nested_corr).await.unwrap()),
+        vec![nested.id.clone()]
     );
     let by_stream = ReadQuery {
         stream: Some("attendance".into()),
