@@ -202,7 +202,33 @@ fn stable_plans(conn: &Connection) -> Result<()> {
 }
 
 /// Applies every migration not yet recorded; safe when several processes open at once.
+/// Refuses a file migrated by a newer edubus, whose schema this binary could misuse.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<()> {
+    let recorded = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()
+        .db()?
+        .is_some();
+    let newest: Option<u32> = if recorded {
+        conn.query_row("SELECT max(version) FROM schema_migrations", [], |row| {
+            row.get(0)
+        })
+        .db()?
+    } else {
+        None
+    };
+    if let Some(newest) = newest.filter(|v| *v > SCHEMA_VERSION) {
+        return Err(edubus_core::Error::invalid(format!(
+            "the database {} has schema version {newest}, written by a newer edubus; this \
+             binary knows versions up to {SCHEMA_VERSION} and leaves the file untouched: run \
+             the newer edubus",
+            conn.path().unwrap_or("(in memory)")
+        )));
+    }
     for &(version, sql) in MIGRATIONS {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -262,6 +288,36 @@ mod tests {
     use rusqlite::StatementStatus;
 
     use super::*;
+
+    #[test]
+    fn a_file_migrated_by_a_newer_edubus_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::in_dir(dir.path());
+        let mut conn = open_writer(&config).unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let rows = |conn: &Connection| -> u32 {
+            conn.query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
+                .unwrap()
+        };
+        let newer = SCHEMA_VERSION + 1;
+        conn.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+            [newer],
+        )
+        .unwrap();
+        let err = migrate(&mut conn).unwrap_err();
+        assert_eq!(err.kind(), edubus_core::ErrorKind::Invalid);
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("schema version {newer}")),
+            "{message}"
+        );
+        assert!(message.contains("edubus.db"), "{message}");
+        let before = rows(&conn);
+        assert!(migrate(&mut conn).is_err());
+        assert_eq!(rows(&conn), before);
+    }
 
     #[test]
     fn a_cached_fetch_is_not_prepared_again_for_other_bound_values() {
