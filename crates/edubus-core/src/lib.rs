@@ -3,6 +3,7 @@
 pub mod envelope;
 pub mod error;
 pub mod event;
+mod json;
 pub mod store;
 pub mod transport;
 

@@ -60,12 +60,10 @@ struct NewEvent<'a> {
 
 impl<'a> NewEvent<'a> {
     /// Serializes one append; the key is `partitionkey`, else `subject`, else the event id.
-    fn new(append: &'a Append, partitions: u32) -> Result<Self> {
+    fn new(append: &'a Append, partitions: u32) -> Self {
         let env = &append.envelope;
         let key = env.key().unwrap_or(&env.id);
-        let body = serde_json::to_string(env)
-            .map_err(|e| Error::internal("an envelope could not be serialized", e))?;
-        Ok(Self {
+        Self {
             id: &env.id,
             event_type: &env.event_type,
             version: i32::try_from(env.schemaversion.unwrap_or(1)).unwrap_or(i32::MAX),
@@ -75,8 +73,8 @@ impl<'a> NewEvent<'a> {
             correlation_id: env.correlation_id(),
             causation_id: env.causationid.as_deref(),
             tenant_id: env.tenantid.as_deref(),
-            body,
-        })
+            body: env.to_json(),
+        }
     }
 }
 
@@ -92,7 +90,7 @@ pub(crate) async fn append_in(
     let rows = batch
         .iter()
         .map(|a| NewEvent::new(a, partitions))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>();
     let mut locks: Vec<i32> = rows.iter().map(|r| r.partition).collect();
     locks.sort_unstable();
     locks.dedup();
@@ -149,7 +147,7 @@ pub(crate) async fn check_conflicts(
     let rows = batch
         .iter()
         .map(|a| NewEvent::new(a, partitions))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Vec<_>>();
     let ids: Vec<&str> = rows.iter().map(|r| r.id).collect();
     let stored = stored_with_ids(tx, &ids).await?;
     let stored: HashMap<&str, &str> = stored.iter().map(|r| (r.get(0), r.get(2))).collect();

@@ -21,7 +21,7 @@ pub struct DeadLetterRecord {
 impl RedisStreams {
     /// Parks `event` in the DLQ of `letter.subscription`; returns the entry id.
     pub async fn dead_letter(&self, letter: &DeadLetter, event: &Recorded) -> Result<u64> {
-        let fields = entry::fields(event)?;
+        let fields = entry::fields(event);
         self.park(letter, fields).await
     }
 

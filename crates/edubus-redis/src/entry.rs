@@ -6,16 +6,14 @@ use redis::Value;
 
 /// The fields of an event's entry: `p` log position, `k` partition key, `t` recorded time
 /// (microseconds), `s` stream, `e` the envelope as JSON.
-pub(crate) fn fields(event: &Recorded) -> Result<Vec<(&'static str, String)>> {
-    let envelope = serde_json::to_string(&event.envelope)
-        .map_err(|e| Error::internal("cannot encode an envelope", e.to_string()))?;
-    Ok(vec![
+pub(crate) fn fields(event: &Recorded) -> Vec<(&'static str, String)> {
+    vec![
         ("p", event.position.to_string()),
         ("k", event.key.clone()),
         ("t", event.recorded_at.as_microsecond().to_string()),
         ("s", event.stream.clone()),
-        ("e", envelope),
-    ])
+        ("e", event.envelope.to_json()),
+    ]
 }
 
 /// One entry of a stream reply; `fields` is `None` when the entry was deleted (trimmed) while

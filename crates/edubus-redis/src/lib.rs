@@ -192,7 +192,7 @@ impl RedisStreams {
         for event in events {
             let partition = partition_of(&event.key, self.partitions());
             let key = self.keys().stream(&event.stream, partition);
-            let fields = entry::fields(event)?;
+            let fields = entry::fields(event);
             pipe.cmd("XADD").arg(&key).arg("*").arg(&fields).ignore();
         }
         let mut conn = self.conn();

@@ -32,11 +32,10 @@ pub(crate) struct NewEvent {
 
 impl NewEvent {
     /// Serializes one append; the key is `partitionkey`, else `subject`, else the event id.
-    pub(crate) fn new(append: Append, partitions: u32, keep: bool) -> Result<Self> {
+    pub(crate) fn new(append: Append, partitions: u32, keep: bool) -> Self {
         let env = &append.envelope;
         let key = env.key().unwrap_or(&env.id).to_owned();
-        let envelope = serde_json::to_string(env)
-            .map_err(|e| Error::internal("an envelope could not be serialized", e))?;
+        let envelope = env.to_json();
         let mut event = Self {
             id: env.id.clone(),
             stream: append.stream,
@@ -53,11 +52,11 @@ impl NewEvent {
         if keep && append.envelope.validate().is_ok() {
             event.parsed = Some(Arc::new(append.envelope));
         }
-        Ok(event)
+        event
     }
 
     /// Serializes a batch; `keep`: see [`NewEvent::parsed`].
-    pub(crate) fn batch(appends: Vec<Append>, partitions: u32, keep: bool) -> Result<Vec<Self>> {
+    pub(crate) fn batch(appends: Vec<Append>, partitions: u32, keep: bool) -> Vec<Self> {
         appends
             .into_iter()
             .map(|a| Self::new(a, partitions, keep))

@@ -167,7 +167,7 @@ fn apply(
             if let Some(work) = work {
                 appends.extend(run_work(tx, work)?);
             }
-            let mut rows = NewEvent::batch(appends, state.partitions, false)?;
+            let mut rows = NewEvent::batch(appends, state.partitions, false);
             insert_events(tx, &mut rows, state)?;
         }
         Outcome::Duplicate => {}

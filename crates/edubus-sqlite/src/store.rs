@@ -269,9 +269,9 @@ impl EventStore for SqliteBackend {
         let rows = if batch.len() >= BLOCKING_ENCODE_MIN {
             tokio::task::spawn_blocking(move || NewEvent::batch(batch, partitions, keep))
                 .await
-                .map_err(|e| Error::internal("envelope serialization failed", e))??
+                .map_err(|e| Error::internal("envelope serialization failed", e))?
         } else {
-            NewEvent::batch(batch, partitions, keep)?
+            NewEvent::batch(batch, partitions, keep)
         };
         // No savepoint: `insert_events` undoes its own inserts on a conflict. The rows travel
         // back to be freed here, not on the writer thread.
