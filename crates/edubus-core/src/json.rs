@@ -3,8 +3,8 @@
 //! of the cost of serializing an envelope on every publish.
 //!
 //! Stored and published envelopes are compared as text (an idempotent re-publish must match
-//! what was stored), so this output may never differ from `serde_json::to_string`; the tests
-//! of `tests/envelope.rs` compare the two on generated envelopes.
+//! what was stored), so this output may never differ from `serde_json::to_string`;
+//! `tests/envelope_json.rs` compares the two on generated envelopes.
 
 use std::fmt::Write as _;
 
