@@ -33,6 +33,7 @@ mod stats;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use edubus_core::{Error, Recorded, Result, StartFrom, SubscriptionSpec, partition_of};
@@ -184,21 +185,57 @@ impl RedisStreams {
     /// Appends events to their partition streams with one pipelined `XADD` per event; returns
     /// once Redis has them all. The partition is recomputed with this transport's partition
     /// count, which is authoritative for Redis.
+    ///
+    /// A large batch goes out as several pipelines of whole partitions: each is handed to the
+    /// connection as soon as it is encoded, so Redis executes one while the next is encoded.
+    /// Pipelines never share a partition, so each partition's entries keep the batch's order
+    /// whatever order the pipelines arrive in.
     pub async fn publish(&self, events: &[Recorded]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for event in events {
-            let partition = partition_of(&event.key, self.partitions());
-            let key = self.keys().stream(&event.stream, partition);
-            let fields = entry::fields(event);
-            pipe.cmd("XADD").arg(&key).arg("*").arg(&fields).ignore();
+        let partitions = self.partitions();
+        let mut order: Vec<(u32, usize)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| (partition_of(&event.key, partitions), i))
+            .collect();
+        order.sort_unstable();
+        let mut sent = Vec::new();
+        for chunk in partition_chunks(&order, PUBLISH_PIPELINE) {
+            let mut pipe = redis::pipe();
+            let mut key: Option<(u32, &str, String)> = None;
+            for &(partition, i) in chunk {
+                let event = &events[i];
+                let stream = match &key {
+                    Some((p, s, k)) if *p == partition && *s == event.stream => k,
+                    _ => {
+                        let k = self.keys().stream(&event.stream, partition);
+                        &key.insert((partition, &event.stream, k)).2
+                    }
+                };
+                pipe.cmd("XADD")
+                    .arg(stream)
+                    .arg("*")
+                    .arg(entry::fields(event))
+                    .ignore();
+            }
+            let mut conn = self.conn();
+            let mut send = Box::pin(async move { pipe.query_async::<()>(&mut conn).await });
+            // The first poll hands the pipeline to the connection's task; yielding lets that
+            // task write it to the socket before this one encodes the next pipeline.
+            match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+                Poll::Ready(done) => done.map_err(|e| conn::error("XADD", &e))?,
+                Poll::Pending => {
+                    sent.push(send);
+                    tokio::task::yield_now().await;
+                }
+            }
         }
-        let mut conn = self.conn();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| conn::error("XADD", &e))
+        for send in sent {
+            send.await.map_err(|e| conn::error("XADD", &e))?;
+        }
+        Ok(())
     }
 
     /// Creates the subscription's consumer group on every stream partition it reads (from the
@@ -380,6 +417,27 @@ impl RedisStreams {
     }
 }
 
+/// `XADD`s per pipeline of a large publish (rounded up to a whole partition).
+const PUBLISH_PIPELINE: usize = 256;
+
+/// Splits `(partition, index)` pairs sorted by partition into runs of at least `size` pairs
+/// (except the last) that never split a partition.
+fn partition_chunks(order: &[(u32, usize)], size: usize) -> impl Iterator<Item = &[(u32, usize)]> {
+    let mut rest = order;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = size.min(rest.len());
+        while end < rest.len() && rest[end].0 == rest[end - 1].0 {
+            end += 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 /// A subscription name becomes part of keys and the group name: no spaces, braces or colons.
 fn check_name(name: &str) -> Result<()> {
     let bad = name.is_empty()
@@ -392,4 +450,39 @@ fn check_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_chunks;
+
+    #[test]
+    fn publish_pipelines_hold_whole_partitions_in_batch_order() {
+        // Six events of partition 0, ten of partition 1, two of partition 2, interleaved.
+        let parts = [0, 1, 1, 0, 2, 1, 0, 1, 1, 1, 0, 0, 1, 1, 0, 2, 1, 1];
+        let order: Vec<(u32, usize)> = parts.iter().enumerate().map(|(i, &p)| (p, i)).collect();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        let chunks: Vec<&[(u32, usize)]> = partition_chunks(&sorted, 4).collect();
+        assert_eq!(chunks.concat(), sorted, "every event once, in order");
+        let partitions: Vec<Vec<u32>> = chunks
+            .iter()
+            .map(|c| {
+                let mut ps: Vec<u32> = c.iter().map(|&(p, _)| p).collect();
+                ps.dedup();
+                ps
+            })
+            .collect();
+        assert_eq!(
+            partitions,
+            [vec![0], vec![1], vec![2]],
+            "no partition split"
+        );
+        let grown: Vec<usize> = partition_chunks(&sorted, 8).map(<[_]>::len).collect();
+        assert_eq!(
+            grown,
+            [16, 2],
+            "a run grows to the size, then to its partition's end"
+        );
+    }
 }

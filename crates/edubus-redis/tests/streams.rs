@@ -117,6 +117,50 @@ async fn published_events_are_fetched_in_order_across_streams_and_acked_once() {
 }
 
 #[tokio::test]
+async fn a_publish_larger_than_one_pipeline_keeps_every_key_in_order() {
+    let redis = transport("large_publish").await;
+    redis.register(&spec("s")).await.unwrap();
+    let types = ["attendance.marked", "grading.updated"];
+    let events: Vec<Recorded> = (1..=2000u64)
+        .map(|i| event(i, types[(i % 2) as usize], &format!("student-{}", i % 37)))
+        .collect();
+    redis.publish(&events).await.unwrap();
+    let me = ConsumerId("c1".into());
+    let leases = redis
+        .rebalance("s", &me, lease_options(), &[])
+        .await
+        .unwrap()
+        .leases;
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for lease in &leases {
+        let mut after = 0;
+        loop {
+            let fetched = redis.fetch(lease, after, 0, 300).await.unwrap();
+            if fetched.deliveries.is_empty() {
+                break;
+            }
+            for d in &fetched.deliveries {
+                by_key
+                    .entry(d.event.key.clone())
+                    .or_default()
+                    .push(d.event.position);
+            }
+            let seqs: Vec<u64> = fetched.deliveries.iter().map(|d| d.seq).collect();
+            redis.ack(lease, &seqs, &[]).await.unwrap();
+            after = fetched.scanned_to;
+        }
+    }
+    assert_eq!(by_key.len(), 37);
+    assert_eq!(by_key.values().map(Vec::len).sum::<usize>(), events.len());
+    for (key, positions) in &by_key {
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "{key} was delivered out of publish order: {positions:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_partition_taken_over_redelivers_pending_entries_with_their_count() {
     let redis = transport("takeover").await;
     redis.register(&spec("s")).await.unwrap();
