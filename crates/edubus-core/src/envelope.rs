@@ -227,8 +227,14 @@ impl Envelope {
     /// half the time; appends and publishes store and send this text.
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(1024);
-        crate::json::write_envelope(self, &mut out);
+        self.write_json(&mut out);
         out
+    }
+
+    /// Appends [`Envelope::to_json`]'s text to `out`, so a caller encoding many envelopes can
+    /// reuse one buffer.
+    pub fn write_json(&self, out: &mut String) {
+        crate::json::write_envelope(self, out);
     }
 
     /// Reads a JSON structured-mode event and checks it with [`Envelope::validate`].

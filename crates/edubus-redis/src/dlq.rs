@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use edubus_core::{DeadLetter, DeadLetterEntry, DeadReason, Error, Lease, Recorded, Result};
 use jiff::Timestamp;
-use redis::Value;
+use redis::{ToRedisArgs, Value};
 
 use crate::entry::{self, Entry, parse_id};
 use crate::{RedisStreams, conn};
@@ -21,19 +21,13 @@ pub struct DeadLetterRecord {
 impl RedisStreams {
     /// Parks `event` in the DLQ of `letter.subscription`; returns the entry id.
     pub async fn dead_letter(&self, letter: &DeadLetter, event: &Recorded) -> Result<u64> {
-        let fields = entry::fields(event);
-        self.park(letter, fields).await
+        self.park(letter, entry::Fields::new(event)).await
     }
 
-    async fn park(
-        &self,
-        letter: &DeadLetter,
-        mut fields: Vec<(&'static str, String)>,
-    ) -> Result<u64> {
+    /// Adds `fields`, the dead letter and the time to the subscription's DLQ stream.
+    async fn park(&self, letter: &DeadLetter, fields: impl ToRedisArgs) -> Result<u64> {
         let json = serde_json::to_string(letter)
             .map_err(|e| Error::internal("cannot encode a dead letter", e.to_string()))?;
-        fields.push(("letter", json));
-        fields.push(("at", Timestamp::now().as_microsecond().to_string()));
         let mut conn = self.conn();
         let id: u64 = redis::cmd("INCR")
             .arg(self.keys().dlq_seq())
@@ -44,7 +38,11 @@ impl RedisStreams {
         pipe.cmd("XADD")
             .arg(self.keys().dlq(&letter.subscription))
             .arg(format!("0-{id}"))
-            .arg(&fields)
+            .arg(fields)
+            .arg("letter")
+            .arg(json)
+            .arg("at")
+            .arg(Timestamp::now().as_microsecond())
             .ignore()
             .cmd("HSET")
             .arg(self.keys().dlq_index())

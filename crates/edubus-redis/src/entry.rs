@@ -2,18 +2,62 @@
 
 use edubus_core::{Envelope, Error, Recorded, Result, partition_of};
 use jiff::Timestamp;
-use redis::Value;
+use std::borrow::Cow;
+
+use redis::{RedisWrite, ToRedisArgs, Value};
 
 /// The fields of an event's entry: `p` log position, `k` partition key, `t` recorded time
-/// (microseconds), `s` stream, `e` the envelope as JSON.
-pub(crate) fn fields(event: &Recorded) -> Vec<(&'static str, String)> {
-    vec![
-        ("p", event.position.to_string()),
-        ("k", event.key.clone()),
-        ("t", event.recorded_at.as_microsecond().to_string()),
-        ("s", event.stream.clone()),
-        ("e", event.envelope.to_json()),
-    ]
+/// (microseconds), `s` stream, `e` the envelope as JSON. Written straight into the command,
+/// with no string per field.
+pub(crate) struct Fields<'a> {
+    event: &'a Recorded,
+    json: Cow<'a, str>,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `event`, its envelope serialized here.
+    pub(crate) fn new(event: &'a Recorded) -> Self {
+        Self {
+            event,
+            json: Cow::Owned(event.envelope.to_json()),
+        }
+    }
+
+    /// The fields of `event` whose envelope is already serialized as `json`.
+    pub(crate) fn with_json(event: &'a Recorded, json: &'a str) -> Self {
+        Self {
+            event,
+            json: Cow::Borrowed(json),
+        }
+    }
+
+    /// Bytes the fields take, for sizing a command.
+    pub(crate) fn len(&self) -> usize {
+        // Names, two integers of at most 20 digits, key, stream and JSON.
+        5 + 40 + self.event.key.len() + self.event.stream.len() + self.json.len()
+    }
+}
+
+impl ToRedisArgs for Fields<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        out.write_arg(b"p");
+        self.event.position.write_redis_args(out);
+        out.write_arg(b"k");
+        out.write_arg(self.event.key.as_bytes());
+        out.write_arg(b"t");
+        self.event
+            .recorded_at
+            .as_microsecond()
+            .write_redis_args(out);
+        out.write_arg(b"s");
+        out.write_arg(self.event.stream.as_bytes());
+        out.write_arg(b"e");
+        out.write_arg(self.json.as_bytes());
+    }
+
+    fn num_of_args(&self) -> usize {
+        10
+    }
 }
 
 /// One entry of a stream reply; `fields` is `None` when the entry was deleted (trimmed) while

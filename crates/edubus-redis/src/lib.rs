@@ -202,8 +202,9 @@ impl RedisStreams {
             .collect();
         order.sort_unstable();
         let mut sent = Vec::new();
+        let mut json = String::with_capacity(1024);
         for chunk in partition_chunks(&order, PUBLISH_PIPELINE) {
-            let mut pipe = redis::pipe();
+            let mut pipe = redis::Pipeline::with_capacity(chunk.len());
             let mut key: Option<(u32, &str, String)> = None;
             for &(partition, i) in chunk {
                 let event = &events[i];
@@ -214,11 +215,12 @@ impl RedisStreams {
                         &key.insert((partition, &event.stream, k)).2
                     }
                 };
-                pipe.cmd("XADD")
-                    .arg(stream)
-                    .arg("*")
-                    .arg(entry::fields(event))
-                    .ignore();
+                json.clear();
+                event.envelope.write_json(&mut json);
+                let fields = entry::Fields::with_json(event, &json);
+                let mut xadd = redis::Cmd::with_capacity(13, 8 + stream.len() + fields.len());
+                xadd.arg("XADD").arg(stream).arg("*").arg(fields);
+                pipe.add_command(xadd).ignore();
             }
             let mut conn = self.conn();
             let mut send = Box::pin(async move { pipe.query_async::<()>(&mut conn).await });

@@ -227,7 +227,7 @@ impl RedisStreams {
             pipe.cmd("XADD")
                 .arg(self.keys().replay(subscription, partition))
                 .arg(format!("0-{id}"))
-                .arg(entry::fields(event))
+                .arg(entry::Fields::new(event))
                 .ignore();
         }
         pipe.query_async::<()>(&mut conn)
