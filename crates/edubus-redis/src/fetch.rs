@@ -6,33 +6,36 @@ use std::sync::PoisonError;
 
 use edubus_core::{Delivery, Error, Fetched, Lease, Result};
 use jiff::Timestamp;
-use redis::{Script, Value};
+use redis::Value;
+use redis::aio::MultiplexedConnection;
 
 use crate::entry::{self, Entry};
 use crate::{RedisStreams, Subscription, conn};
 
-/// Reads new entries for `consumer` only while it holds the lease with its epoch.
-/// KEYS: lease, stream keys...; ARGV: consumer, epoch, group, count. Returns the
-/// `XREADGROUP` reply, or `EMPTY` followed by each stream's last id when nothing is new.
-const READ: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return redis.error_reply('STALE the lease expired') end
-local owner, epoch = string.match(cur, '^(.*)|(%d+)|')
-if owner ~= ARGV[1] or epoch ~= ARGV[2] then
-  return redis.error_reply('STALE the lease was taken over by ' .. owner .. ' (epoch ' .. epoch .. ')')
-end
-local args = {'XREADGROUP', 'GROUP', ARGV[3], ARGV[1], 'COUNT', ARGV[4], 'STREAMS'}
-for k = 2, #KEYS do args[#args + 1] = KEYS[k] end
-for k = 2, #KEYS do args[#args + 1] = '>' end
-local reply = redis.call(unpack(args))
-if reply then return reply end
-local last = {'EMPTY'}
-for k = 2, #KEYS do
-  local top = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
-  if top[1] then last[#last + 1] = top[1][1] else last[#last + 1] = '0-0' end
-end
-return last
-";
+/// Attempts of a fenced read whose transaction a change of the lease key (a renewal) aborted.
+const FENCE_ATTEMPTS: usize = 8;
+
+/// Why a lease value does not fence a read for `consumer` at `epoch`, if it does not.
+fn stale(held: Option<&str>, consumer: &str, epoch: u64) -> Option<String> {
+    let Some(held) = held else {
+        return Some("the lease expired".to_owned());
+    };
+    // `owner|epoch|busy_at`; the owner may not contain a bar.
+    let mut parts = held.rsplitn(3, '|');
+    let (_busy, held_epoch, owner) = (parts.next(), parts.next(), parts.next());
+    let (owner, held_epoch) = (owner.unwrap_or(""), held_epoch.unwrap_or(""));
+    (owner != consumer || held_epoch != epoch.to_string())
+        .then(|| format!("the lease was taken over by {owner} (epoch {held_epoch})"))
+}
+
+/// How a fenced read went.
+enum Fence {
+    Read(Read),
+    /// The lease is not this consumer's, with why.
+    Stale(String),
+    /// The lease key changed during every attempt.
+    Busy,
+}
 
 /// What a fenced read found.
 enum Read {
@@ -247,6 +250,11 @@ impl RedisStreams {
     /// New entries for this consumer, read only while it holds the lease with its epoch: a
     /// consumer that lost the lease must not move entries into its own pending list, where the
     /// new owner would not look (`Conflict` then).
+    ///
+    /// The fence is optimistic: `WATCH` the lease key, check it, then `XREADGROUP` in
+    /// `MULTI`/`EXEC`, which Redis refuses to run if the key changed in between. A Lua script
+    /// did the same, but copying every entry into Lua and back cost Redis three times the read
+    /// itself. `WATCH` needs a connection of its own, one of the blocking-read pool.
     async fn fenced_read(
         &self,
         sub: &Subscription,
@@ -255,38 +263,108 @@ impl RedisStreams {
         keys: &[String],
         max: usize,
     ) -> Result<Read> {
-        let script = Script::new(READ);
-        let mut call = script.prepare_invoke();
-        call.key(self.keys().lease(&lease.subscription, lease.partition))
-            .key(keys)
-            .arg(consumer)
-            .arg(lease.epoch)
-            .arg(&sub.spec.name)
-            .arg(max);
-        let mut conn = self.conn();
-        match call.invoke_async::<Value>(&mut conn).await {
-            Ok(Value::Array(mut items))
-                if items.first() == Some(&Value::BulkString(b"EMPTY".to_vec())) =>
-            {
-                let last: Vec<String> = items
-                    .drain(1..)
-                    .map(|v| entry::string(v).unwrap_or_else(|_| "$".to_owned()))
-                    .collect();
-                Ok(Read::Empty(last))
-            }
-            Ok(reply) => Ok(Read::Entries(reply)),
-            Err(e) if e.code() == Some("STALE") => Err(Error::conflict(format!(
-                "partition {} of `{}`: {}",
-                lease.partition,
-                lease.subscription,
-                e.detail().unwrap_or("the lease moved")
-            ))),
+        let mut conn = self.inner.blocking.take().await?;
+        let read = self
+            .watched_read(&mut conn, sub, lease, consumer, keys, max)
+            .await;
+        // A connection left in a transaction or watching a key must not be reused.
+        if read.is_ok() {
+            self.inner.blocking.give_back(conn);
+        }
+        match read {
             Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP") => {
                 self.recreate_groups(sub, lease.partition).await?;
                 Ok(Read::NoGroup)
             }
             Err(e) => Err(conn::error("XREADGROUP", &e)),
+            Ok(Fence::Stale(why)) => Err(Error::conflict(format!(
+                "partition {} of `{}`: {why}",
+                lease.partition, lease.subscription
+            ))),
+            Ok(Fence::Read(read)) => Ok(read),
+            Ok(Fence::Busy) => Err(Error::unavailable(
+                format!(
+                    "partition {} of `{}`: the lease key changed during every read",
+                    lease.partition, lease.subscription
+                ),
+                format!("{FENCE_ATTEMPTS} attempts"),
+            )),
         }
+    }
+
+    async fn watched_read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        sub: &Subscription,
+        lease: &Lease,
+        consumer: &str,
+        keys: &[String],
+        max: usize,
+    ) -> redis::RedisResult<Fence> {
+        let lease_key = self.keys().lease(&lease.subscription, lease.partition);
+        let mut read = redis::pipe();
+        read.atomic()
+            .cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&sub.spec.name)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("STREAMS")
+            .arg(keys);
+        for _ in keys {
+            read.arg(">");
+        }
+        for _ in 0..FENCE_ATTEMPTS {
+            let (held,): (Option<String>,) = redis::pipe()
+                .cmd("WATCH")
+                .arg(&lease_key)
+                .ignore()
+                .cmd("GET")
+                .arg(&lease_key)
+                .query_async(conn)
+                .await?;
+            if let Some(why) = stale(held.as_deref(), consumer, lease.epoch) {
+                redis::cmd("UNWATCH").query_async::<()>(conn).await?;
+                return Ok(Fence::Stale(why));
+            }
+            // `EXEC` answers nil, and ran nothing, when the lease key changed since `WATCH`.
+            let reply: Option<(Value,)> = read.query_async(conn).await?;
+            match reply {
+                None => continue,
+                Some((Value::Nil,)) => return self.last_ids(conn, keys).await.map(Fence::Read),
+                Some((entries,)) => return Ok(Fence::Read(Read::Entries(entries))),
+            }
+        }
+        Ok(Fence::Busy)
+    }
+
+    /// Nothing new: each stream's last entry id, to wait from.
+    async fn last_ids(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[String],
+    ) -> redis::RedisResult<Read> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let tops: Vec<Value> = pipe.query_async(conn).await?;
+        let last = tops
+            .into_iter()
+            .map(|top| {
+                entry::entries_of(top)
+                    .ok()
+                    .and_then(|mut entries| entries.pop())
+                    .map_or_else(|| "0-0".to_owned(), |e| e.id)
+            })
+            .collect();
+        Ok(Read::Empty(last))
     }
 
     /// Turns entries into deliveries merged by log position (each stream keeps its order),

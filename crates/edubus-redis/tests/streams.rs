@@ -255,6 +255,63 @@ async fn a_consumer_that_lost_its_lease_reads_nothing_new() {
     assert_eq!(got[0].delivery_count, 1);
 }
 
+/// A consumer group Redis lost (a restart without persistence) is created again from the
+/// last id the subscription acknowledged: nothing acknowledged comes back, nothing newer is
+/// skipped.
+#[tokio::test]
+async fn a_lost_consumer_group_is_recreated_from_the_last_acknowledged_entry() {
+    let redis = transport("nogroup").await;
+    redis.register(&spec("s")).await.unwrap();
+    let p = partition_of("k", PARTITIONS);
+    let me = ConsumerId("c1".into());
+    let leases = redis
+        .rebalance("s", &me, lease_options(), &[])
+        .await
+        .unwrap()
+        .leases;
+    let lease = leases.into_iter().find(|l| l.partition == p).unwrap();
+    redis
+        .publish(&[event(1, "attendance.marked", "k")])
+        .await
+        .unwrap();
+    let first = redis.fetch(&lease, 0, 0, 10).await.unwrap();
+    assert_eq!(first.deliveries.len(), 1);
+    let seqs: Vec<u64> = first.deliveries.iter().map(|d| d.seq).collect();
+    redis.ack(&lease, &seqs, &[]).await.unwrap();
+
+    let client = redis::Client::open(redis.config().url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:{{p{p}}}:s:attendance.marked", redis.config().prefix);
+    let destroyed: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&stream)
+        .arg("s")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(destroyed, 1, "the group existed on {stream}");
+    redis
+        .publish(&[event(2, "attendance.marked", "k")])
+        .await
+        .unwrap();
+
+    let mut after = first.scanned_to;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let fetched = redis.fetch(&lease, after, 0, 10).await.unwrap();
+        after = after.max(fetched.scanned_to);
+        got.extend(fetched.deliveries.iter().map(|d| d.event.position));
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        got,
+        [2],
+        "only the entry published after the last acknowledgement"
+    );
+}
+
 /// A second process on the same prefix.
 async fn transport_like(redis: &RedisStreams) -> RedisStreams {
     RedisStreams::connect(redis.config().clone()).await.unwrap()
