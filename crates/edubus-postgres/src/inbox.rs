@@ -9,11 +9,24 @@ use edubus_core::{Append, Appended, Error, Result};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio_postgres::Transaction;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::PgStore;
 use crate::error::{Db, from_pg};
 use crate::store::{append_in, check_conflicts};
+
+/// Records `$2`'s event ids in `$1`'s inbox; returns those not there before.
+const INBOX_INSERT: &str = "INSERT INTO inbox (subscription, event_id)
+     SELECT $1, id FROM unnest($2::text[]) AS id
+     ON CONFLICT DO NOTHING RETURNING event_id";
+
+/// Per commit, whether it is handled now: the first commit of an id the inbox did not have
+/// (`inserted`, the rows `INBOX_INSERT` returned); a repeat of it in the same call is a
+/// duplicate.
+fn first_handled(commits: &[(&str, &[Append])], inserted: &[tokio_postgres::Row]) -> Vec<bool> {
+    let mut new: HashSet<String> = inserted.iter().map(|r| r.get(0)).collect();
+    commits.iter().map(|(id, _)| new.remove(*id)).collect()
+}
 
 /// A transactional handler's work: runs inside the settlement's transaction and returns more
 /// events to append in it. Build one with [`work`].
@@ -138,36 +151,35 @@ impl PgStore {
     }
 
     /// Commits without work in one transaction: one multi-row inbox insert, one append.
+    /// Without caused events the insert is the whole commit, and one statement is atomic on
+    /// its own: it runs without `BEGIN` and `COMMIT`, one round trip instead of three.
     async fn commit_plain(
         &self,
         subscription: &str,
         commits: &[(&str, &[Append])],
     ) -> Result<Vec<Committed>> {
         let mut client = self.client().await?;
-        let tx = client.transaction().await.db()?;
         let ids: Vec<&str> = commits.iter().map(|(id, _)| *id).collect();
-        let rows = tx
-            .query_typed(
-                "INSERT INTO inbox (subscription, event_id)
-                 SELECT $1, id FROM unnest($2::text[]) AS id
-                 ON CONFLICT DO NOTHING RETURNING event_id",
-                &[(&subscription, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
-            )
-            .await
-            .db()?;
-        let mut new: HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-        // The first commit of an id is handled; a repeat of it in the same call is a duplicate.
-        let handled: Vec<bool> = commits.iter().map(|(id, _)| new.remove(*id)).collect();
-        let caused: Vec<Append> = commits
-            .iter()
-            .zip(&handled)
-            .filter(|(_, h)| **h)
-            .flat_map(|((_, caused), _)| caused.iter().cloned())
-            .collect();
-        let mut appended = append_in(&tx, &caused, self.partitions())
-            .await?
-            .into_iter();
-        tx.commit().await.db()?;
+        let params: [(&(dyn ToSql + Sync), Type); 2] =
+            [(&subscription, Type::TEXT), (&ids, Type::TEXT_ARRAY)];
+        let (handled, appended) = if commits.iter().all(|(_, caused)| caused.is_empty()) {
+            let rows = client.query_typed(INBOX_INSERT, &params).await.db()?;
+            (first_handled(commits, &rows), Vec::new())
+        } else {
+            let tx = client.transaction().await.db()?;
+            let rows = tx.query_typed(INBOX_INSERT, &params).await.db()?;
+            let handled = first_handled(commits, &rows);
+            let caused: Vec<Append> = commits
+                .iter()
+                .zip(&handled)
+                .filter(|(_, h)| **h)
+                .flat_map(|((_, caused), _)| caused.iter().cloned())
+                .collect();
+            let appended = append_in(&tx, &caused, self.partitions()).await?;
+            tx.commit().await.db()?;
+            (handled, appended)
+        };
+        let mut appended = appended.into_iter();
         Ok(commits
             .iter()
             .zip(handled)

@@ -133,6 +133,40 @@ async fn a_failing_work_rolls_back_its_inbox_row_writes_and_caused_events() {
 }
 
 #[tokio::test]
+async fn commits_without_work_or_events_record_each_id_once() {
+    let (_schema, store) = store("inbox_plain").await;
+    let plain = |id: &str| Commit {
+        event_id: id.into(),
+        work: None,
+        caused: vec![],
+    };
+    store.commit("reports", vec![plain("x")]).await[0]
+        .as_ref()
+        .unwrap();
+    let results = store
+        .commit(
+            "reports",
+            vec![plain("a"), plain("x"), plain("b"), plain("a")],
+        )
+        .await;
+    let outcomes: Vec<&str> = results
+        .iter()
+        .map(|r| match r {
+            Ok(Committed::Handled(events)) if events.is_empty() => "handled",
+            Ok(Committed::Duplicate) => "duplicate",
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(outcomes, ["handled", "duplicate", "handled", "duplicate"]);
+    let mut seen = store
+        .seen("reports", &["a".into(), "b".into(), "x".into(), "y".into()])
+        .await
+        .unwrap();
+    seen.sort();
+    assert_eq!(seen, ["a", "b", "x"]);
+}
+
+#[tokio::test]
 async fn batched_commits_without_work_fall_back_so_one_conflict_fails_alone() {
     let (_schema, store) = store("inbox_batched").await;
     let stored = append("student-9", 9);
