@@ -15,10 +15,13 @@ use crate::PgStore;
 use crate::error::{Db, from_pg};
 use crate::store::{append_in, check_conflicts};
 
-/// Records `$2`'s event ids in `$1`'s inbox; returns those not there before.
+/// Records `$2`'s event ids in `$1`'s inbox; returns those not there before. Prepared once
+/// per connection: parsing and planning it again for every settlement cost PostgreSQL more
+/// than running it.
 const INBOX_INSERT: &str = "INSERT INTO inbox (subscription, event_id)
      SELECT $1, id FROM unnest($2::text[]) AS id
      ON CONFLICT DO NOTHING RETURNING event_id";
+const INBOX_INSERT_TYPES: &[Type] = &[Type::TEXT, Type::TEXT_ARRAY];
 
 /// Per commit, whether it is handled now: the first commit of an id the inbox did not have
 /// (`inserted`, the rows `INBOX_INSERT` returned); a repeat of it in the same call is a
@@ -77,16 +80,17 @@ impl PgStore {
     /// Of `ids`, those already in `subscription`'s inbox.
     pub async fn seen(&self, subscription: &str, ids: &[String]) -> Result<Vec<String>> {
         let client = self.client().await?;
-        let rows = client
-            .query_typed(
-                // One index probe per id, whatever the table's statistics say.
+        // One index probe per id, whatever the table's statistics say.
+        let seen = client
+            .prepare_typed_cached(
                 "SELECT f.event_id FROM unnest($2::text[]) AS x(id),
                  LATERAL (SELECT i.event_id FROM inbox i
                           WHERE i.subscription = $1 AND i.event_id = x.id LIMIT 1) AS f",
-                &[(&subscription, Type::TEXT), (&ids, Type::TEXT_ARRAY)],
+                &[Type::TEXT, Type::TEXT_ARRAY],
             )
             .await
             .db()?;
+        let rows = client.query(&seen, &[&subscription, &ids]).await.db()?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -160,14 +164,21 @@ impl PgStore {
     ) -> Result<Vec<Committed>> {
         let mut client = self.client().await?;
         let ids: Vec<&str> = commits.iter().map(|(id, _)| *id).collect();
-        let params: [(&(dyn ToSql + Sync), Type); 2] =
-            [(&subscription, Type::TEXT), (&ids, Type::TEXT_ARRAY)];
+        let params: [&(dyn ToSql + Sync); 2] = [&subscription, &ids];
         let (handled, appended) = if commits.iter().all(|(_, caused)| caused.is_empty()) {
-            let rows = client.query_typed(INBOX_INSERT, &params).await.db()?;
+            let insert = client
+                .prepare_typed_cached(INBOX_INSERT, INBOX_INSERT_TYPES)
+                .await
+                .db()?;
+            let rows = client.query(&insert, &params).await.db()?;
             (first_handled(commits, &rows), Vec::new())
         } else {
             let tx = client.transaction().await.db()?;
-            let rows = tx.query_typed(INBOX_INSERT, &params).await.db()?;
+            let insert = tx
+                .prepare_typed_cached(INBOX_INSERT, INBOX_INSERT_TYPES)
+                .await
+                .db()?;
+            let rows = tx.query(&insert, &params).await.db()?;
             let handled = first_handled(commits, &rows);
             let caused: Vec<Append> = commits
                 .iter()
