@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, Pipeline, RedisError, Value};
 
 /// Replies of the shared connection must come within this; blocking reads have no limit.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The shared connection: multiplexed, reconnecting with backoff after a restart.

@@ -264,9 +264,15 @@ impl RedisStreams {
         max: usize,
     ) -> Result<Read> {
         let mut conn = self.inner.blocking.take().await?;
-        let read = self
-            .watched_read(&mut conn, sub, lease, consumer, keys, max)
-            .await;
+        // The pool's connections have no response timeout (they serve blocking reads): this
+        // read gets the shared connection's.
+        let watched = self.watched_read(&mut conn, sub, lease, consumer, keys, max);
+        let Ok(read) = tokio::time::timeout(conn::RESPONSE_TIMEOUT, watched).await else {
+            return Err(Error::unavailable(
+                "redis XREADGROUP failed",
+                format!("no reply within {:?}", conn::RESPONSE_TIMEOUT),
+            ));
+        };
         // A connection left in a transaction or watching a key must not be reused.
         if read.is_ok() {
             self.inner.blocking.give_back(conn);
