@@ -28,6 +28,21 @@ fn stale(held: Option<&str>, consumer: &str, epoch: u64) -> Option<String> {
         .then(|| format!("the lease was taken over by {owner} (epoch {held_epoch})"))
 }
 
+/// Nothing new: each stream's last entry id from its `XREVRANGE ... COUNT 1` reply, to wait
+/// from.
+fn last_ids(tops: Vec<Value>) -> Read {
+    let last = tops
+        .into_iter()
+        .map(|top| {
+            entry::entries_of(top)
+                .ok()
+                .and_then(|mut entries| entries.pop())
+                .map_or_else(|| "0-0".to_owned(), |e| e.id)
+        })
+        .collect();
+    Read::Empty(last)
+}
+
 /// How a fenced read went.
 enum Fence {
     Read(Read),
@@ -298,6 +313,8 @@ impl RedisStreams {
         }
     }
 
+    /// One fenced read on `conn`: `WATCH` and check the lease, then, in one transaction, the
+    /// group read and each stream's last entry (to wait from when nothing is new).
     async fn watched_read(
         &self,
         conn: &mut MultiplexedConnection,
@@ -321,6 +338,14 @@ impl RedisStreams {
         for _ in keys {
             read.arg(">");
         }
+        for key in keys {
+            read.cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
         for _ in 0..FENCE_ATTEMPTS {
             let (held,): (Option<String>,) = redis::pipe()
                 .cmd("WATCH")
@@ -335,42 +360,16 @@ impl RedisStreams {
                 return Ok(Fence::Stale(why));
             }
             // `EXEC` answers nil, and ran nothing, when the lease key changed since `WATCH`.
-            let reply: Option<(Value,)> = read.query_async(conn).await?;
-            match reply {
-                None => continue,
-                Some((Value::Nil,)) => return self.last_ids(conn, keys).await.map(Fence::Read),
-                Some((entries,)) => return Ok(Fence::Read(Read::Entries(entries))),
-            }
+            let Some(mut replies) = read.query_async::<Option<Vec<Value>>>(conn).await? else {
+                continue;
+            };
+            let tops = replies.split_off(1.min(replies.len()));
+            return Ok(Fence::Read(match replies.pop() {
+                Some(Value::Nil) | None => last_ids(tops),
+                Some(entries) => Read::Entries(entries),
+            }));
         }
         Ok(Fence::Busy)
-    }
-
-    /// Nothing new: each stream's last entry id, to wait from.
-    async fn last_ids(
-        &self,
-        conn: &mut MultiplexedConnection,
-        keys: &[String],
-    ) -> redis::RedisResult<Read> {
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("XREVRANGE")
-                .arg(key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
-        }
-        let tops: Vec<Value> = pipe.query_async(conn).await?;
-        let last = tops
-            .into_iter()
-            .map(|top| {
-                entry::entries_of(top)
-                    .ok()
-                    .and_then(|mut entries| entries.pop())
-                    .map_or_else(|| "0-0".to_owned(), |e| e.id)
-            })
-            .collect();
-        Ok(Read::Empty(last))
     }
 
     /// Turns entries into deliveries merged by log position (each stream keeps its order),
