@@ -1,9 +1,9 @@
 //! Stream entries: an event's fields and the parsing of stream replies.
 
-use edubus_core::{Envelope, Error, Recorded, Result, partition_of};
-use jiff::Timestamp;
 use std::borrow::Cow;
 
+use edubus_core::{Envelope, Error, Recorded, Result, partition_of};
+use jiff::Timestamp;
 use redis::{RedisWrite, ToRedisArgs, Value};
 
 /// The fields of an event's entry: `p` log position, `k` partition key, `t` recorded time
