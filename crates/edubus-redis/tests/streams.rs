@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use edubus_core::{
-    ConsumerId, Envelope, LeaseOptions, Recorded, StartFrom, SubscriptionSpec, partition_of,
+    ConsumerId, Envelope, Lease, LeaseOptions, Recorded, StartFrom, SubscriptionSpec, partition_of,
 };
 use edubus_redis::{RedisConfig, RedisStreams};
 use jiff::Timestamp;
@@ -51,6 +51,16 @@ fn spec(name: &str) -> SubscriptionSpec {
     }
 }
 
+/// Every partition of subscription `s`, leased by the lone consumer `c1`.
+async fn lease_all(redis: &RedisStreams) -> Vec<Lease> {
+    let me = ConsumerId("c1".into());
+    redis
+        .rebalance("s", &me, lease_options(), &[])
+        .await
+        .unwrap()
+        .leases
+}
+
 fn lease_options() -> LeaseOptions {
     LeaseOptions {
         ttl: Duration::from_secs(5),
@@ -74,12 +84,7 @@ async fn published_events_are_fetched_in_order_across_streams_and_acked_once() {
         })
         .collect();
     redis.publish(&events).await.unwrap();
-    let me = ConsumerId("c1".into());
-    let leases = redis
-        .rebalance("s", &me, lease_options(), &[])
-        .await
-        .unwrap()
-        .leases;
+    let leases = lease_all(&redis).await;
     assert_eq!(
         leases.len(),
         PARTITIONS as usize,
@@ -125,12 +130,7 @@ async fn a_publish_larger_than_one_pipeline_keeps_every_key_in_order() {
         .map(|i| event(i, types[(i % 2) as usize], &format!("student-{}", i % 37)))
         .collect();
     redis.publish(&events).await.unwrap();
-    let me = ConsumerId("c1".into());
-    let leases = redis
-        .rebalance("s", &me, lease_options(), &[])
-        .await
-        .unwrap()
-        .leases;
+    let leases = lease_all(&redis).await;
     let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for lease in &leases {
         let mut after = 0;
@@ -263,12 +263,7 @@ async fn a_lost_consumer_group_is_recreated_from_the_last_acknowledged_entry() {
     let redis = transport("nogroup").await;
     redis.register(&spec("s")).await.unwrap();
     let p = partition_of("k", PARTITIONS);
-    let me = ConsumerId("c1".into());
-    let leases = redis
-        .rebalance("s", &me, lease_options(), &[])
-        .await
-        .unwrap()
-        .leases;
+    let leases = lease_all(&redis).await;
     let lease = leases.into_iter().find(|l| l.partition == p).unwrap();
     redis
         .publish(&[event(1, "attendance.marked", "k")])
