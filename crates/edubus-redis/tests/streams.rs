@@ -11,6 +11,8 @@ use jiff::Timestamp;
 use serde_json::json;
 
 const PARTITIONS: u32 = 4;
+/// A lease that expires within a test, yet outlives a first fetch on a loaded machine.
+const SHORT_TTL: Duration = Duration::from_millis(500);
 
 async fn transport(test: &str) -> RedisStreams {
     let routes: BTreeMap<String, String> = [
@@ -170,7 +172,7 @@ async fn a_partition_taken_over_redelivers_pending_entries_with_their_count() {
         .unwrap();
     let p = partition_of("k", PARTITIONS);
     let short = LeaseOptions {
-        ttl: Duration::from_millis(100),
+        ttl: SHORT_TTL,
         ..lease_options()
     };
     let a = ConsumerId("a".into());
@@ -180,7 +182,7 @@ async fn a_partition_taken_over_redelivers_pending_entries_with_their_count() {
         redis.fetch(&old, 0, 0, 10).await.unwrap().deliveries.len(),
         1
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(SHORT_TTL * 3).await;
     let other = transport_like(&redis).await;
     let b = ConsumerId("b".into());
     let new = other
@@ -210,7 +212,7 @@ async fn a_consumer_that_lost_its_lease_reads_nothing_new() {
     redis.register(&spec("s")).await.unwrap();
     let p = partition_of("k", PARTITIONS);
     let short = LeaseOptions {
-        ttl: Duration::from_millis(100),
+        ttl: SHORT_TTL,
         ..lease_options()
     };
     let a = ConsumerId("a".into());
@@ -224,7 +226,7 @@ async fn a_consumer_that_lost_its_lease_reads_nothing_new() {
             .deliveries
             .is_empty()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(SHORT_TTL * 3).await;
     let other = transport_like(&redis).await;
     let b = ConsumerId("b".into());
     let new = other
