@@ -80,7 +80,7 @@ async fn manual_lease<H: Harness>(
     };
     fx.backend().register(&spec).await?;
     let options = LeaseOptions {
-        ttl: Duration::from_millis(300),
+        ttl: Duration::from_millis(900),
         claim_after: Duration::from_secs(600),
     };
     let leases = fx

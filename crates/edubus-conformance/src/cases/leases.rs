@@ -150,7 +150,7 @@ pub async fn settlement_with_a_stale_lease_is_rejected<H: Harness>(
     let published = fx.publish(&[(0, 0)]).await?;
     let partition = partition_of(&key(0), fx.backend().partitions());
     let short = LeaseOptions {
-        ttl: Duration::from_millis(200),
+        ttl: Duration::from_millis(600),
         ..test_lease()
     };
     let old = await_lease(&fx, "old", partition, short).await?;
