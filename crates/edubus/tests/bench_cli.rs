@@ -119,8 +119,8 @@ async fn redis_publish_is_compared_with_redis_benchmark_and_cleaned_up() {
     assert!(!schema_exists(out["schema"].as_str().unwrap()).await);
 }
 
-#[test]
-fn e2e_on_redis_and_on_production_delivers_every_event() {
+#[tokio::test]
+async fn e2e_on_redis_and_on_production_delivers_every_event() {
     let cwd = TempDir::new().unwrap();
     for backend in ["redis", "production"] {
         let args = [
@@ -140,6 +140,25 @@ fn e2e_on_redis_and_on_production_delivers_every_event() {
         assert!(out["ordered"].as_bool().unwrap());
         assert!(out["events_per_s"].as_f64().unwrap() > 0.0, "{out}");
         assert!(out["p99_ms"].as_f64().unwrap() >= out["p50_ms"].as_f64().unwrap());
+        let raw = &out["raw"];
+        if backend == "production" {
+            assert!(raw.is_null(), "{out}");
+            continue;
+        }
+        // The raw client returns once its consumers acknowledged every entry.
+        assert!(
+            raw["tool"].as_str().unwrap().contains("XREADGROUP"),
+            "{out}"
+        );
+        assert!(raw["events_per_s"].as_f64().unwrap() > 0.0, "{out}");
+        let command = raw["command"].as_str().unwrap();
+        assert!(
+            command.contains("XADD pipelines of 200 to 16 streams")
+                && command.contains("COUNT 256"),
+            "{command}"
+        );
+        let prefix = out["prefix"].as_str().unwrap();
+        assert_eq!(redis_state(prefix).await.1, 0, "the run's keys are deleted");
     }
 }
 
@@ -161,6 +180,9 @@ async fn relay_moves_the_outbox_to_redis_and_keep_leaves_it_there() {
     let out = json(edubus(cwd.path(), true, &args));
     assert_eq!(out["mode"], "relay");
     assert_eq!(out["deliveries"], 2500, "{out}");
+    assert_eq!(out["raw"]["tool"], "redis-benchmark");
+    let command = out["raw"]["command"].as_str().unwrap();
+    assert!(command.contains("-n 2500 -P 1000 -c 4 -r 16"), "{command}");
     let (prefix, schema) = (
         out["prefix"].as_str().unwrap(),
         out["schema"].as_str().unwrap(),

@@ -4,8 +4,9 @@
 //! `e2e` mode measures publish -> no-op handler -> settle, with the latency from the moment an
 //! event was handed to publish to the moment its handler started; `relay` mode measures the
 //! outbox relay from PostgreSQL to Redis. `--backend redis` publishes straight to the Redis
-//! transport (and runs `redis-benchmark` beside it), `--backend production` through the
-//! PostgreSQL outbox; both run on the configured servers under a fresh prefix and schema.
+//! transport, `--backend production` through the PostgreSQL outbox; both run on the configured
+//! servers under a fresh prefix and schema. Redis publish, Redis e2e and relay runs are followed
+//! by the raw server under the same load (`raw.rs`).
 
 mod e2e;
 mod raw;
@@ -93,7 +94,7 @@ pub enum BackendKind {
     /// The embedded SQLite deployment.
     Sqlite,
     /// The Redis Streams transport: events go straight to Redis, consumed (e2e) through the
-    /// production deployment; publish mode runs `redis-benchmark` beside it.
+    /// production deployment; each mode runs the raw server beside it.
     Redis,
     /// The production deployment: PostgreSQL outbox, relay, Redis Streams.
     Production,
@@ -220,21 +221,34 @@ async fn on_servers(args: &BenchArgs) -> anyhow::Result<Summary> {
 async fn on_deployment(servers: &servers::Servers, args: &BenchArgs) -> anyhow::Result<Summary> {
     let bus = bench_bus(servers.backend.clone())?;
     let redis = Target::redis(servers.backend.redis().clone());
-    match (args.backend, args.mode) {
-        (_, Mode::Relay) => relay::measure(&bus, workload::build(&bus, shape(args))?, args).await,
+    let server = (
+        servers.backend.redis().config().url.as_str(),
+        servers.prefix.as_str(),
+    );
+    let (summary, raw) = match (args.backend, args.mode) {
+        (_, Mode::Relay) => {
+            let summary = relay::measure(&bus, workload::build(&bus, shape(args))?, args).await?;
+            let rate = summary.events_per_s;
+            let raw = raw::redis_benchmark(&bus, args, server, args.lanes, rate).await?;
+            (summary, raw)
+        }
         (BackendKind::Redis, Mode::Publish) => {
             let summary = measure(&bus, args, redis).await?;
-            let url = &servers.backend.redis().config().url;
-            let raw = raw::redis_benchmark(&bus, args, url, &servers.prefix, summary.events_per_s)
-                .await?;
-            Ok(Summary {
-                raw: Some(raw),
-                ..summary
-            })
+            let rate = summary.events_per_s;
+            let raw = raw::redis_benchmark(&bus, args, server, args.publishers, rate).await?;
+            (summary, raw)
         }
-        (BackendKind::Redis, _) => measure(&bus, args, redis).await,
-        _ => measure(&bus, args, Target::Store).await,
-    }
+        (BackendKind::Redis, Mode::E2e) => {
+            let summary = measure(&bus, args, redis).await?;
+            let raw = raw::streams_e2e(&bus, args, server, summary.events_per_s).await?;
+            (summary, raw)
+        }
+        _ => return measure(&bus, args, Target::Store).await,
+    };
+    Ok(Summary {
+        raw: Some(raw),
+        ..summary
+    })
 }
 
 fn bench_bus<B: Backend>(backend: B) -> anyhow::Result<Bus<B>> {

@@ -1,11 +1,14 @@
 //! The raw server beside edubus: `redis-benchmark` sending the same `XADD`s (same fields and
-//! byte sizes, pipeline depth, request count and connections) to the same server.
+//! byte sizes, pipeline depth, request count and connections) to the same server, and, for
+//! end to end, a bare Redis Streams client moving the same entries through consumer groups.
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, bail};
 use edubus_redis::Production;
-use edubus_runtime::Bus;
+use edubus_runtime::{Bus, SubscriptionOptions};
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -21,19 +24,20 @@ pub struct Raw {
     pub command: String,
     /// Bytes of one entry's field names and values (edubus's and the raw one alike).
     pub entry_bytes: usize,
-    /// Requests (one `XADD` each) per second.
+    /// Entries per second (`XADD`ed, or in end to end, acknowledged).
     pub events_per_s: f64,
     /// edubus's rate over the raw one.
     pub ratio: f64,
 }
 
 /// Runs `redis-benchmark` against `redis_url` with an entry the size of edubus's and the
-/// pipeline depth, request count and connections of the edubus run that reached `edubus_rate`.
+/// pipeline depth, request count and `connections` of the edubus run that reached
+/// `edubus_rate`.
 pub async fn redis_benchmark(
     bus: &Bus<Production>,
     args: &BenchArgs,
-    redis_url: &str,
-    prefix: &str,
+    (redis_url, prefix): (&str, &str),
+    connections: usize,
     edubus_rate: f64,
 ) -> anyhow::Result<Raw> {
     let server = Server::parse(redis_url)?;
@@ -45,7 +49,7 @@ pub async fn redis_benchmark(
         "-P".into(),
         args.batch.to_string(),
         "-c".into(),
-        args.publishers.to_string(),
+        connections.to_string(),
         "-r".into(),
         bus.backend().redis().partitions().to_string(),
         "--csv".into(),
@@ -85,6 +89,146 @@ pub async fn redis_benchmark(
         events_per_s,
         ratio: edubus_rate / events_per_s.max(f64::EPSILON),
     })
+}
+
+/// Runs Redis Streams' own end-to-end path beside an edubus e2e run: the same entries (fields
+/// and sizes), publishers, pipeline depth and partitions, `XADD`ed to one stream per partition
+/// while one consumer per partition reads its stream through a consumer group
+/// (`XREADGROUP ... COUNT` a subscription's default batch size, `BLOCK`) and acknowledges each
+/// read with one `XACK`. No envelope
+/// is decoded, no lease fenced, no inbox kept: the floor any consumer of this server pays.
+pub async fn streams_e2e(
+    bus: &Bus<Production>,
+    args: &BenchArgs,
+    (redis_url, prefix): (&str, &str),
+    edubus_rate: f64,
+) -> anyhow::Result<Raw> {
+    let fields = sample_entry(bus, args)?;
+    let entry_bytes = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let partitions = bus.backend().redis().partitions() as usize;
+    let streams: Vec<String> = (0..partitions)
+        .map(|p| format!("{prefix}:raw-e2e:{{p{p}}}"))
+        .collect();
+    let client = redis::Client::open(redis_url)?;
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut admin = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    for stream in &streams {
+        let () = redis::cmd("XGROUP")
+            .arg(("CREATE", stream, "raw", "$", "MKSTREAM"))
+            .query_async(&mut admin)
+            .await?;
+    }
+    let (events, count) = (args.events, SubscriptionOptions::default().batch_size);
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut consumers = tokio::task::JoinSet::new();
+    for stream in streams.clone() {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let acked = Arc::clone(&acked);
+        consumers.spawn(async move {
+            while acked.load(Ordering::Relaxed) < events {
+                let reply: redis::Value = redis::cmd("XREADGROUP")
+                    .arg(("GROUP", "raw", "c", "COUNT", count, "BLOCK", 50))
+                    .arg(("STREAMS", &stream, ">"))
+                    .query_async(&mut conn)
+                    .await?;
+                let ids = entry_ids(reply)?;
+                if ids.is_empty() {
+                    continue;
+                }
+                let n: u64 = redis::cmd("XACK")
+                    .arg((&stream, "raw"))
+                    .arg(&ids)
+                    .query_async(&mut conn)
+                    .await?;
+                acked.fetch_add(n, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    let mut publishers = tokio::task::JoinSet::new();
+    let start = tokio::time::Instant::now();
+    for first in 0..args.publishers as u64 {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let (streams, fields) = (streams.clone(), fields.clone());
+        let (step, batch) = (args.publishers as u64, args.batch);
+        publishers.spawn(async move {
+            let mut pipe = redis::pipe();
+            let mut queued = 0;
+            for i in (first..events).step_by(step as usize) {
+                let stream = &streams[i as usize % streams.len()];
+                pipe.cmd("XADD")
+                    .arg(stream)
+                    .arg("*")
+                    .arg(&fields[..])
+                    .ignore();
+                queued += 1;
+                if queued == batch || i + step >= events {
+                    let () = pipe.query_async(&mut conn).await?;
+                    pipe.clear();
+                    queued = 0;
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = publishers.join_next().await {
+        done??;
+    }
+    while let Some(done) = consumers.join_next().await {
+        done??;
+    }
+    let events_per_s = events as f64 / start.elapsed().as_secs_f64().max(f64::EPSILON);
+    Ok(Raw {
+        tool: "Redis Streams client (XADD, XREADGROUP, XACK)",
+        command: format!(
+            "{} connection(s) XADD pipelines of {} to {partitions} streams {prefix}:raw-e2e:{{p<N>}}; \
+             one consumer per stream: XREADGROUP COUNT {count} BLOCK 50, then XACK",
+            args.publishers, args.batch
+        ),
+        entry_bytes,
+        events_per_s,
+        ratio: edubus_rate / events_per_s.max(f64::EPSILON),
+    })
+}
+
+/// The entry ids of an `XREADGROUP` reply on one stream (nil when the read timed out).
+fn entry_ids(reply: redis::Value) -> anyhow::Result<Vec<Vec<u8>>> {
+    use redis::Value;
+    // RESP2: [[stream, entries]]; RESP3: {stream: entries}.
+    let entries: Vec<Value> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|stream| match stream {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        other => bail!("unexpected XREADGROUP reply: {other:?}"),
+    };
+    let mut ids = Vec::new();
+    for entries in entries {
+        let Value::Array(entries) = entries else {
+            bail!("unexpected XREADGROUP entries: {entries:?}");
+        };
+        for entry in entries {
+            match entry {
+                Value::Array(mut entry) if !entry.is_empty() => match entry.swap_remove(0) {
+                    Value::BulkString(id) => ids.push(id),
+                    other => bail!("unexpected XREADGROUP entry id: {other:?}"),
+                },
+                other => bail!("unexpected XREADGROUP entry: {other:?}"),
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// The fields edubus writes for one event of this run's workload: `p` position, `k` key,
@@ -214,7 +358,30 @@ impl Server {
 
 #[cfg(test)]
 mod tests {
-    use super::{Server, requests_per_s};
+    use redis::Value;
+
+    use super::{Server, entry_ids, requests_per_s};
+
+    fn entry(id: &str) -> Value {
+        let field = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        Value::Array(vec![field(id), Value::Array(vec![field("p"), field("1")])])
+    }
+
+    #[test]
+    fn entry_ids_are_read_from_either_protocol_reply() {
+        let name = Value::BulkString(b"s".to_vec());
+        let entries = Value::Array(vec![entry("1-0"), entry("1-1")]);
+        let resp2 = Value::Array(vec![Value::Array(vec![name.clone(), entries.clone()])]);
+        let resp3 = Value::Map(vec![(name, entries)]);
+        for reply in [resp2, resp3] {
+            assert_eq!(
+                entry_ids(reply).unwrap(),
+                [b"1-0".to_vec(), b"1-1".to_vec()]
+            );
+        }
+        assert!(entry_ids(Value::Nil).unwrap().is_empty());
+        assert!(entry_ids(Value::Int(1)).is_err());
+    }
 
     #[test]
     fn redis_urls_become_connection_arguments() {

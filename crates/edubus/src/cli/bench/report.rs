@@ -94,7 +94,7 @@ pub struct Summary {
     /// The PostgreSQL schema of the run (redis and production backends).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
-    /// The raw server under the same load (redis publish).
+    /// The raw server under the same load (redis publish and e2e, relay).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<Raw>,
 }
