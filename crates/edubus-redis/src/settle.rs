@@ -1,6 +1,7 @@
 //! Fenced acknowledgement, failed attempts and the replay queue.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use edubus_core::{Attempt, Delivery, Error, Lease, Recorded, Result};
 use jiff::Timestamp;
@@ -35,6 +36,9 @@ for i = 1, r do redis.call('XDEL', KEYS[3], ARGV[a]); a = a + 1 end
 return 1
 ";
 
+/// The [`ACK`] script, hashed once: every settlement runs it twice.
+static ACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACK));
+
 impl RedisStreams {
     /// Fails with `Conflict` unless this process still holds the lease with its epoch.
     pub async fn check_lease(&self, lease: &Lease) -> Result<()> {
@@ -57,8 +61,7 @@ impl RedisStreams {
             by_stream.entry(i).or_default().push(id);
         }
         let p = lease.partition;
-        let script = Script::new(ACK);
-        let mut call = script.prepare_invoke();
+        let mut call = ACK_SCRIPT.prepare_invoke();
         call.key(self.keys().lease(&lease.subscription, p))
             .key(self.acked_key(&lease.subscription, p))
             .key(self.keys().replay(&lease.subscription, p))
