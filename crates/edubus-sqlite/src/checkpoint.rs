@@ -1,8 +1,13 @@
 //! WAL checkpoints off the writer's path. The writer connection runs with
 //! `wal_autocheckpoint = 0`: copying WAL pages back into the database (and its fsync) would
 //! otherwise stall a group commit every few megabytes. This thread checkpoints `PASSIVE`ly
-//! (never blocking the writer) after commits, and forces a `RESTART` when the WAL grows past
-//! [`RESTART_PAGES`] because a busy writer kept passive checkpoints from ever completing.
+//! (never blocking the writer) after commits. A busy writer keeps them from ever completing
+//! (it appends while they copy), so the log would only grow: past `wal_restart_frames`
+//! ([`SqliteConfig`]) this thread asks the writer to run a passive checkpoint itself between
+//! two groups, which copies the few frames left and lets its next transaction start the log
+//! over. (A `RESTART` checkpoint from this thread did the same by taking the writer lock, and
+//! held it while it copied every frame since the last pass: 100-300 ms without a commit under
+//! a publish burst.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,8 +23,9 @@ use crate::schema::open_reader;
 
 /// Time between checks for new commits.
 const INTERVAL: Duration = Duration::from_millis(100);
-/// WAL frames after which the checkpoint waits for the writer and resets the log.
-const RESTART_PAGES: i64 = 8192;
+/// Set by the checkpoint thread when the WAL outgrew `wal_restart_frames`; the writer thread
+/// takes it and runs a passive checkpoint between two groups.
+pub(crate) type WalFull = Arc<AtomicBool>;
 
 /// The checkpoint thread.
 pub(crate) struct Checkpointer {
@@ -29,15 +35,16 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     /// Starts the thread with its own connection.
-    pub(crate) fn start(config: &SqliteConfig) -> Result<Self> {
+    pub(crate) fn start(config: &SqliteConfig, wal_full: WalFull) -> Result<Self> {
         let conn = open_reader(config)?;
         // The reader settings make a connection query-only; a checkpoint is not a query.
         conn.execute_batch("PRAGMA query_only = OFF").db()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let restart = i64::from(config.wal_restart_frames);
         let thread = std::thread::Builder::new()
             .name("edubus-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&conn, &flag))
+            .spawn(move || checkpoint_loop(&conn, &flag, &wal_full, restart))
             .map_err(|e| Error::internal("could not start the SQLite checkpoint thread", e))?;
         Ok(Self {
             stop,
@@ -62,7 +69,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn checkpoint_loop(conn: &Connection, stop: &AtomicBool) {
+fn checkpoint_loop(conn: &Connection, stop: &AtomicBool, wal_full: &AtomicBool, restart: i64) {
     let mut seen = data_version(conn).unwrap_or(0);
     loop {
         std::thread::park_timeout(INTERVAL);
@@ -73,10 +80,9 @@ fn checkpoint_loop(conn: &Connection, stop: &AtomicBool) {
             seen = version;
             // Errors (a checkpoint of another process running) are retried next round.
             if let Ok(log) = checkpoint(conn, "PASSIVE")
-                && log >= RESTART_PAGES
-                && !stopping
+                && log >= restart
             {
-                let _ = checkpoint(conn, "RESTART");
+                wal_full.store(true, Ordering::Release);
             }
         }
         if stopping {
@@ -86,7 +92,7 @@ fn checkpoint_loop(conn: &Connection, stop: &AtomicBool) {
 }
 
 /// Runs a checkpoint; returns the frames in the WAL before it.
-fn checkpoint(conn: &Connection, mode: &str) -> Result<i64> {
+pub(crate) fn checkpoint(conn: &Connection, mode: &str) -> Result<i64> {
     let sql = format!("PRAGMA wal_checkpoint({mode})");
     conn.query_row(&sql, [], |row| row.get::<_, i64>(1)).db()
 }

@@ -49,6 +49,9 @@ pub struct SqliteConfig {
     pub readers: usize,
     /// How long a connection waits for a lock held by another process before `Unavailable`.
     pub busy_timeout: Duration,
+    /// WAL frames (pages) after which the writer finishes a checkpoint between two groups, so
+    /// that the log starts over instead of growing while appends keep coming.
+    pub wal_restart_frames: u32,
 }
 
 impl Default for SqliteConfig {
@@ -61,6 +64,7 @@ impl Default for SqliteConfig {
             group_commit_max: 4096,
             readers: 4,
             busy_timeout: Duration::from_secs(5),
+            wal_restart_frames: 8192,
         }
     }
 }
@@ -113,6 +117,12 @@ impl SqliteConfig {
         self
     }
 
+    /// Sets the WAL size, in frames, at which the log is made to start over.
+    pub fn with_wal_restart_frames(mut self, frames: u32) -> Self {
+        self.wal_restart_frames = frames;
+        self
+    }
+
     /// Rejects settings the backend cannot run with.
     pub(crate) fn check(&self) -> Result<()> {
         let problem = if self.partitions == 0 {
@@ -123,6 +133,8 @@ impl SqliteConfig {
             "readers must be at least 1"
         } else if self.poll_interval.is_zero() {
             "poll_interval must be positive"
+        } else if self.wal_restart_frames == 0 {
+            "wal_restart_frames must be at least 1"
         } else {
             return Ok(());
         };
@@ -147,6 +159,8 @@ mod tests {
             .with_durability(Durability::Full);
         assert_eq!(config.path, Path::new("/tmp/x/edubus.db"));
         assert_eq!((config.partitions, config.durability.pragma()), (4, "FULL"));
-        assert!(config.with_partitions(0).check().is_err());
+        assert!(config.clone().with_partitions(0).check().is_err());
+        let error = config.with_wal_restart_frames(0).check().unwrap_err();
+        assert!(error.to_string().contains("wal_restart_frames"), "{error}");
     }
 }

@@ -145,7 +145,8 @@ impl Inner {
         config.partitions = schema::stored_partitions(&conn, config.partitions)?;
         let head = store::head_position(&conn)?;
         let notifier = Notifier::start(&config, head)?;
-        let checkpointer = Checkpointer::start(&config)?;
+        let wal_full = checkpoint::WalFull::default();
+        let checkpointer = Checkpointer::start(&config, Arc::clone(&wal_full))?;
         let state = WriterState {
             head,
             partitions: config.partitions,
@@ -164,6 +165,7 @@ impl Inner {
             config.group_commit_max,
             notifier.sender(),
             Arc::clone(&handoff),
+            wal_full,
         )?;
         let readers = Readers::new(config.clone());
         Ok(Self {

@@ -12,6 +12,7 @@ use edubus_core::{Error, Result};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::checkpoint::{self, WalFull};
 use crate::error::{closed, from_sqlite_ref};
 use crate::handoff::Handoff;
 use crate::keys;
@@ -134,6 +135,7 @@ struct Shared {
     transactions: AtomicU64,
     head: Arc<Heads>,
     handoff: Arc<Handoff>,
+    wal_full: WalFull,
 }
 
 /// The handle to the writer thread held by the backend.
@@ -151,6 +153,7 @@ impl Writer {
         group_commit_max: usize,
         head: Arc<Heads>,
         handoff: Arc<Handoff>,
+        wal_full: WalFull,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(group_commit_max.max(64));
         let shared = Arc::new(Shared {
@@ -158,6 +161,7 @@ impl Writer {
             transactions: AtomicU64::new(0),
             head,
             handoff,
+            wal_full,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -271,6 +275,11 @@ fn run_loop(
         }
         if !batch.is_empty() {
             commit_group(&mut conn, batch, &mut state, shared);
+        }
+        if shared.wal_full.swap(false, Ordering::AcqRel) {
+            // Between groups no frame is appended, so this copies the rest of the log and the
+            // next group starts it over (`checkpoint.rs`). A failure is retried when asked again.
+            let _ = checkpoint::checkpoint(&conn, "PASSIVE");
         }
         index_keys(&mut conn, &mut state, &rx);
         if let Some(ack) = stop {

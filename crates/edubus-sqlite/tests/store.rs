@@ -377,3 +377,48 @@ async fn reads_by_key_span_the_batched_key_index_and_its_tail() {
     assert!(bus.read(query(0, 10)).await.unwrap().is_empty());
     bus.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_starts_over_while_appends_keep_the_writer_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = 64;
+    let bus = SqliteBackend::open(config(dir.path()).with_wal_restart_frames(frames))
+        .await
+        .unwrap();
+    // Several publishers keep the writer busy, so no passive checkpoint of the checkpoint
+    // thread ever finds the whole log copied: without a restart the WAL only grows.
+    let mut publishers = tokio::task::JoinSet::new();
+    for p in 0..4 {
+        let bus = bus.clone();
+        publishers.spawn(async move {
+            for b in 0..300 {
+                let batch = (0..50)
+                    .map(|i| append("a.happened", &format!("k-{p}-{b}-{i}")))
+                    .collect();
+                bus.append(batch).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = publishers.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(bus.head().await.unwrap(), 60_000);
+    let conn = Connection::open(dir.path().join("edubus.db")).unwrap();
+    let page: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    let events_bytes: i64 = conn
+        .query_row("SELECT sum(length(envelope)) FROM events", [], |r| r.get(0))
+        .unwrap();
+    // A log that never started over would hold every page written since the file was opened:
+    // here some 18 times the envelopes' bytes (each group rewrites the pages it touched).
+    let wal = std::fs::metadata(dir.path().join("edubus.db-wal"))
+        .unwrap()
+        .len();
+    let wal = i64::try_from(wal).unwrap();
+    let wal_frames = wal / (page + 24);
+    assert!(
+        wal < 4 * events_bytes,
+        "the WAL holds {wal_frames} frames ({wal} bytes) for {events_bytes} bytes of envelopes"
+    );
+}
