@@ -95,8 +95,8 @@ pub async fn redis_benchmark(
 /// and sizes), publishers, pipeline depth and partitions, `XADD`ed to one stream per partition
 /// while one consumer per partition reads its stream through a consumer group
 /// (`XREADGROUP ... COUNT` a subscription's default batch size, `BLOCK`) and acknowledges each
-/// read with one `XACK`. No envelope
-/// is decoded, no lease fenced, no inbox kept: the floor any consumer of this server pays.
+/// read with one `XACK`. No envelope is decoded, no lease fenced, no inbox kept: the floor any
+/// consumer of this server pays.
 pub async fn streams_e2e(
     bus: &Bus<Production>,
     args: &BenchArgs,
@@ -110,7 +110,9 @@ pub async fn streams_e2e(
         .map(|p| format!("{prefix}:raw-e2e:{{p{p}}}"))
         .collect();
     let client = redis::Client::open(redis_url)?;
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    // Reads block for 50 ms at most, so a reply later than this means the server is gone.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(10)));
     let mut admin = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
