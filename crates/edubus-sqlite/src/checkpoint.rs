@@ -42,9 +42,13 @@ impl Checkpointer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let restart = i64::from(config.wal_restart_frames);
+        let db = std::fs::File::open(&config.path).map_err(|e| {
+            let message = format!("cannot open {} to sync it", config.path.display());
+            Error::unavailable(message, e)
+        })?;
         let thread = std::thread::Builder::new()
             .name("edubus-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(&conn, &flag, &wal_full, restart))
+            .spawn(move || checkpoint_loop(&conn, &db, &flag, &wal_full, restart))
             .map_err(|e| Error::internal("could not start the SQLite checkpoint thread", e))?;
         Ok(Self {
             stop,
@@ -69,7 +73,13 @@ impl Drop for Checkpointer {
     }
 }
 
-fn checkpoint_loop(conn: &Connection, stop: &AtomicBool, wal_full: &AtomicBool, restart: i64) {
+fn checkpoint_loop(
+    conn: &Connection,
+    db: &std::fs::File,
+    stop: &AtomicBool,
+    wal_full: &AtomicBool,
+    restart: i64,
+) {
     let mut seen = data_version(conn).unwrap_or(0);
     loop {
         std::thread::park_timeout(INTERVAL);
@@ -79,10 +89,17 @@ fn checkpoint_loop(conn: &Connection, stop: &AtomicBool, wal_full: &AtomicBool, 
         {
             seen = version;
             // Errors (a checkpoint of another process running) are retried next round.
-            if let Ok(log) = checkpoint(conn, "PASSIVE")
-                && log >= restart
-            {
-                wal_full.store(true, Ordering::Release);
+            if let Ok(log) = checkpoint(conn, "PASSIVE") {
+                // A pass overtaken by the writer's appends leaves the pages it copied unsynced
+                // (SQLite syncs the database only after a complete pass), and the writer's
+                // complete pass would then wait for all of them: once the log grows, sync them
+                // here, off its path. A small log's passes complete and sync by themselves.
+                if log >= restart / 8 {
+                    let _ = db.sync_data();
+                }
+                if log >= restart {
+                    wal_full.store(true, Ordering::Release);
+                }
             }
         }
         if stopping {
