@@ -97,7 +97,11 @@ pub(crate) fn insert_events(
 ) -> Result<Vec<Appended>> {
     let head = state.head;
     let before = sequence(conn)?;
-    state.foreign |= uint(before) > head;
+    if uint(before) > head {
+        // Another process appended: the keys of its events are not in `seen`.
+        state.foreign = true;
+        state.seen.restart(uint(before));
+    }
     let written = write(conn, events, state);
     if let Err(e) = &written {
         state.rewind(head);
@@ -171,6 +175,9 @@ fn write(
         };
         state.head = state.head.max(position);
         state.touched.push((ev.partition, position));
+        if !duplicate {
+            state.seen.push(ev.partition, &ev.key, position);
+        }
         if state.collecting && !duplicate {
             let parsed = ev.parsed.take();
             state

@@ -153,6 +153,7 @@ impl Inner {
             poisoned: false,
             keys_upto: keys::bounds(&conn, config.partitions)?,
             key_round: None,
+            seen: keys::Seen::new(head),
             touched: Vec::new(),
             foreign: false,
             collecting: false,

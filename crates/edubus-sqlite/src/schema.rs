@@ -8,7 +8,7 @@ use crate::error::Db;
 use edubus_core::Result;
 
 /// Migrations by version, applied in order, each in its own transaction.
-const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2)];
+const MIGRATIONS: &[(u32, &str)] = &[(1, MIGRATION_1), (2, MIGRATION_2), (3, MIGRATION_3)];
 
 /// The current schema: the log, subscriptions and their delivery state, DLQ, inbox, audit.
 ///
@@ -141,8 +141,36 @@ DROP INDEX events_correlation;
 CREATE INDEX events_correlation ON events (correlation_id, position) WHERE correlation_id <> id;
 ";
 
+/// The by-key index in segments (`keys.rs`): each round of the writer appends, under a
+/// segment of its own and at the right edge of the tree, one row per key with the key's
+/// positions, instead of inserting an entry per event among the older entries of its key
+/// (which dirtied a page per key every round). The entries of the old table become one
+/// segment per partition, named by its bound.
+const MIGRATION_3: &str = "
+CREATE TABLE event_keys_3 (
+    segment INTEGER NOT NULL,
+    partition INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    positions TEXT NOT NULL,
+    PRIMARY KEY (segment, partition, key, first)
+) WITHOUT ROWID;
+INSERT INTO event_keys_3 (segment, partition, key, first, positions)
+SELECT upto, partition, key, min(position), json_group_array(position) FROM (
+    SELECT CAST(COALESCE(
+               (SELECT value FROM meta WHERE key = 'keys_indexed_upto:' || e.partition),
+               (SELECT value FROM meta WHERE key = 'keys_indexed_upto'), '0') AS INTEGER) AS upto,
+           e.partition AS partition, k.key AS key, k.position AS position
+    FROM event_keys k JOIN events e ON e.position = k.position)
+WHERE position <= upto
+GROUP BY upto, partition, key
+ORDER BY 1, 2, 3;
+DROP TABLE event_keys;
+ALTER TABLE event_keys_3 RENAME TO event_keys;
+";
+
 /// Version of the newest migration.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Opens the read-write connection of the writer thread, in WAL mode. It never checkpoints:
 /// [`crate::checkpoint`] does, on its own thread.
@@ -317,6 +345,73 @@ mod tests {
         let before = rows(&conn);
         assert!(migrate(&mut conn).is_err());
         assert_eq!(rows(&conn), before);
+    }
+
+    #[test]
+    fn migration_3_keeps_the_indexed_keys_as_one_segment_per_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_writer(&SqliteConfig::in_dir(dir.path())).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(
+            "CREATE TABLE schema_migrations (
+                version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for &(version, sql) in &MIGRATIONS[..2] {
+            tx.execute_batch(sql).unwrap();
+            tx.execute("INSERT INTO schema_migrations VALUES (?1, 0)", [version])
+                .unwrap();
+        }
+        // A version-2 file. Partition 0 is indexed up to 3 under its own bound (the entry of
+        // 5 is above it); partition 1 has only the older file-wide bound, 4.
+        tx.execute_batch(
+            "INSERT INTO events (id, stream, partition, key, type, version, recorded_at,
+                 envelope)
+             VALUES ('e1', 's', 0, 'a', 't', 1, 1, '{}'), ('e2', 's', 1, 'c', 'u', 1, 2, '{}'),
+                    ('e3', 's', 0, 'b', 't', 1, 3, '{}'), ('e4', 's', 1, 'c', 't', 1, 4, '{}'),
+                    ('e5', 's', 0, 'a', 't', 1, 5, '{}'), ('e6', 's', 1, 'c', 't', 1, 6, '{}');
+             INSERT INTO event_keys (key, position)
+             VALUES ('a', 1), ('b', 3), ('a', 5), ('c', 2), ('c', 4);
+             UPDATE meta SET value = '4' WHERE key = 'keys_indexed_upto';
+             INSERT INTO meta (key, value) VALUES ('keys_indexed_upto:0', '3');",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+
+        migrate(&mut conn).unwrap();
+        let rows: Vec<(i64, u32, String, i64)> = conn
+            .prepare("SELECT segment, partition, key, first FROM event_keys")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let expected = [(3, 0, "a", 1), (3, 0, "b", 3), (4, 1, "c", 2)]
+            .map(|(s, p, k, n)| (s, p, k.to_owned(), n));
+        assert_eq!(rows, expected);
+        let positions = |key: &str, partition: u32, after: i64, bound: i64| -> Vec<i64> {
+            conn.prepare(crate::keys::INDEXED_POSITIONS)
+                .unwrap()
+                .query_map(
+                    params![
+                        after,
+                        None::<i64>,
+                        key,
+                        None::<i64>,
+                        None::<i64>,
+                        None::<i64>,
+                        bound,
+                        partition
+                    ],
+                    |r| r.get(0),
+                )
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(positions("c", 1, 0, 4), [2, 4]);
+        assert_eq!(positions("c", 1, 2, 4), [4]);
+        assert_eq!(positions("a", 0, 0, 3), [1]);
     }
 
     #[test]

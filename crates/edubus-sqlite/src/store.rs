@@ -180,7 +180,7 @@ fn read_page(conn: &Connection, query: &ReadQuery, partitions: u32) -> Result<Ve
     };
     let partition = partition_of(key, partitions);
     let upto = keys::indexed_upto(conn, partition)?;
-    let mut out = select(conn, query, Source::KeyIndexed, (upto, 0), limit)?;
+    let mut out = select(conn, query, Source::KeyIndexed, (upto, partition), limit)?;
     if out.len() < limit {
         let tail = (upto, partition);
         out.extend(select(
@@ -225,14 +225,13 @@ fn select(
 /// `?5` stream, `?6` since, `?7` key index bound, `?8` partition, `?9` limit.
 fn select_sql(query: &ReadQuery, source: Source) -> String {
     let mut sql = format!("SELECT {RECORDED_COLUMNS} FROM events e WHERE e.position > ?1");
-    sql.push_str(match source {
-        Source::Log => "",
+    match source {
+        Source::Log => {}
         Source::KeyIndexed => {
-            " AND e.position IN (SELECT position FROM event_keys
-                WHERE key = ?3 AND position > ?1 AND position <= ?7)"
+            sql.push_str(&format!(" AND e.position IN ({})", keys::INDEXED_POSITIONS));
         }
-        Source::KeyTail => " AND e.partition = ?8 AND e.position > ?7 AND e.key = ?3",
-    });
+        Source::KeyTail => sql.push_str(" AND e.partition = ?8 AND e.position > ?7 AND e.key = ?3"),
+    }
     if !query.types.is_empty() {
         // With a time bound the (type, recorded_at) index fits; otherwise scan by position.
         let plus = if query.since.is_some() { "" } else { "+" };

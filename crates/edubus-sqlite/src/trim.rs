@@ -16,7 +16,7 @@ const CHUNK: u64 = 5000;
 /// An event is kept while a subscription that receives it has not settled it (its cursor is
 /// below it), or a failure history, replay entry or dead letter refers to it.
 const TRIMMABLE: &str = "
-SELECT position, key FROM events WHERE position > ?1 AND position <= ?2 AND recorded_at < ?3
+SELECT position FROM events WHERE position > ?1 AND position <= ?2 AND recorded_at < ?3
   AND NOT EXISTS (
     SELECT 1 FROM partitions p JOIN subscriptions s ON s.id = p.subscription_id
     WHERE p.partition = events.partition AND events.position > p.cursor
@@ -56,6 +56,7 @@ pub(crate) async fn trim(backend: &SqliteBackend, before: Timestamp) -> Result<u
     backend
         .writer()
         .call(move |tx, _| {
+            keys::drop_trimmed(tx)?;
             tx.prepare_cached(TRIM_INBOX)
                 .and_then(|mut st| st.execute([before]))
                 .db()
@@ -64,22 +65,20 @@ pub(crate) async fn trim(backend: &SqliteBackend, before: Timestamp) -> Result<u
     Ok(removed)
 }
 
-/// Deletes the trimmable events of positions `(from, to]` with their by-key entries.
+/// Deletes the trimmable events of positions `(from, to]`; their by-key entries go with
+/// their segment ([`keys::drop_trimmed`]).
 fn trim_chunk(conn: &Connection, (from, to): (u64, u64), before: i64) -> Result<u64> {
-    let doomed: Vec<(i64, String)> = {
+    let doomed: Vec<i64> = {
         let mut st = conn.prepare_cached(TRIMMABLE).db()?;
         let rows = st
-            .query_map(params![int(from), int(to), before], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_map(params![int(from), int(to), before], |r| r.get(0))
             .db()?;
         rows.map(|r| r.db()).collect::<Result<_>>()?
     };
     let mut delete = conn
         .prepare_cached("DELETE FROM events WHERE position = ?1")
         .db()?;
-    for (position, key) in &doomed {
-        keys::forget(conn, key, *position)?;
+    for position in &doomed {
         delete.execute([position]).db()?;
     }
     Ok(doomed.len() as u64)

@@ -41,6 +41,8 @@ pub(crate) struct WriterState {
     pub keys_upto: Vec<u64>,
     /// The keys of the by-key index's round in progress (dropped by a trim).
     pub key_round: Option<keys::Staged>,
+    /// The keys appended since the last round took them.
+    pub seen: keys::Seen,
     /// Partitions appended to in the current group, with the highest position in each.
     pub touched: Vec<(u32, u64)>,
     /// The current group found positions assigned by another process since this writer's
@@ -56,6 +58,7 @@ impl WriterState {
     /// Forgets what the group wrote after `head`: a savepoint rolled back.
     pub(crate) fn rewind(&mut self, head: u64) {
         self.head = head;
+        self.seen.rewind(head);
         while self.fresh.last().is_some_and(|e| e.position() > head) {
             self.fresh.pop();
         }
@@ -299,7 +302,8 @@ fn index_keys(conn: &mut Connection, state: &mut WriterState, rx: &mpsc::Receive
             if !keys::due(state.head, &state.keys_upto) {
                 return;
             }
-            let Ok(round) = keys::Staged::start(conn, &state.keys_upto) else {
+            let started = keys::Staged::start(conn, &state.keys_upto, &mut state.seen, state.head);
+            let Ok(round) = started else {
                 return;
             };
             state.key_round = Some(round);
@@ -360,7 +364,7 @@ fn commit_group(
     // the others did nothing wrong and may retry.
     if !sound {
         let _ = tx.rollback();
-        state.head = head_before;
+        state.rewind(head_before);
         return answer_all(batch, || {
             let why = "another command of its group commit failed after writing";
             Error::unavailable("the write was rolled back; retry it", why)
@@ -380,7 +384,7 @@ fn commit_group(
             batch.into_iter().for_each(|c| c.finish(None));
         }
         Err(e) => {
-            state.head = head_before;
+            state.rewind(head_before);
             answer_all(batch, || from_sqlite_ref(&e));
         }
     }

@@ -316,15 +316,9 @@ async fn repeated_ids_within_one_batch_and_a_late_conflict_leave_no_gap() {
 }
 
 #[tokio::test]
-async fn reads_by_key_span_the_batched_key_index_and_its_tail() {
+async fn reads_by_key_span_the_segments_of_the_key_index_and_its_tail() {
     let dir = tempfile::tempdir().unwrap();
     let bus = open(dir.path()).await;
-    for n in 0..34 {
-        let batch: Vec<_> = (0..1000)
-            .map(|i| append("a.happened", &format!("k{}", (n * 1000 + i) % 100)))
-            .collect();
-        bus.append(batch).await.unwrap();
-    }
     let conn = Connection::open(dir.path().join("edubus.db")).unwrap();
     let bound = format!("keys_indexed_upto:{}", partition_of("k7", bus.partitions()));
     let indexed = || -> u64 {
@@ -333,19 +327,36 @@ async fn reads_by_key_span_the_batched_key_index_and_its_tail() {
         })
         .map_or(0, |v| v.parse().unwrap())
     };
-    // The writer indexes the partitions one by one after the appends.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while indexed() < 32_768 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // Two rounds of the writer, each after 32,768 events: two segments.
+    for round in 1..=2u64 {
+        for n in 0..34 {
+            let batch: Vec<_> = (0..1000)
+                .map(|i| append("a.happened", &format!("k{}", (n * 1000 + i) % 100)))
+                .collect();
+            bus.append(batch).await.unwrap();
+        }
+        // The writer indexes the partitions one by one after the appends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while indexed() < round * 32_768 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     bus.append(vec![append("a.happened", "k7"), append("a.happened", "k7")])
         .await
         .unwrap();
     let upto = indexed();
     assert!(
-        (32_768..=34_000).contains(&upto),
-        "k7's partition was indexed, the last two events were not: {upto}"
+        (65_536..=68_000).contains(&upto),
+        "k7's partition was indexed twice, the last two events were not: {upto}"
     );
+    let segments: i64 = conn
+        .query_row(
+            "SELECT count(DISTINCT segment) FROM event_keys WHERE partition = ?1",
+            [partition_of("k7", bus.partitions())],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(segments, 2);
 
     let query = |after, limit| ReadQuery {
         key: Some("k7".into()),
@@ -354,20 +365,26 @@ async fn reads_by_key_span_the_batched_key_index_and_its_tail() {
         ..Default::default()
     };
     let all = bus.read(query(0, 10_000)).await.unwrap();
-    assert_eq!(all.len(), 342, "340 from the batches, 2 more");
+    assert_eq!(all.len(), 682, "680 from the batches, 2 more");
     assert!(all.iter().all(|r| r.key == "k7"));
     assert!(all.windows(2).all(|w| w[0].position < w[1].position));
-    let from_middle = bus.read(query(all[300].position, 5)).await.unwrap();
-    let expected: Vec<_> = all[301..306].iter().map(|r| r.position).collect();
-    assert_eq!(
-        from_middle.iter().map(|r| r.position).collect::<Vec<_>>(),
-        expected
-    );
+    // Pages that cross from the first segment to the second, and from the index to the tail.
+    for (from, len) in [(300, 60), (650, 31)] {
+        let page = bus.read(query(all[from].position, len)).await.unwrap();
+        let expected: Vec<_> = all[from + 1..=from + len]
+            .iter()
+            .map(|r| r.position)
+            .collect();
+        assert_eq!(
+            page.iter().map(|r| r.position).collect::<Vec<_>>(),
+            expected
+        );
+    }
 
     let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
     assert_eq!(
         bus.trim(later).await.unwrap(),
-        34_002,
+        68_002,
         "no subscription: all settled"
     );
     let left: i64 = conn
