@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use edubus_core::{Append, Appended, Envelope, Error, Result, partition_of};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::clock::{now_micros, uint};
 use crate::counts::{self, Inserted};
@@ -137,7 +137,7 @@ fn write(
     events: &mut [NewEvent],
     state: &mut WriterState,
 ) -> Result<Vec<Appended>> {
-    let now = now_micros();
+    let now = recording_time(conn)?;
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO events (id, stream, partition, key, type, version, correlation_id,
@@ -191,5 +191,34 @@ fn write(
         });
     }
     counts::on_append(conn, &counted)?;
+    note_type_heads(conn, &counted, now)?;
     Ok(out)
+}
+
+/// Now, or the newest event's time if the clock went back (or another process's clock is
+/// ahead): `recorded_at` never decreases with the position, which time bounds rely on
+/// ([`crate::store::first_at`]).
+fn recording_time(conn: &Connection) -> Result<i64> {
+    let newest: Option<i64> = conn
+        .prepare_cached("SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+        .db()?;
+    Ok(newest.map_or_else(now_micros, |at| at.max(now_micros())))
+}
+
+/// Records `now` as the newest time of each type just appended (`type_heads`).
+fn note_type_heads(conn: &Connection, counted: &Inserted<'_>, now: i64) -> Result<()> {
+    let mut types: Vec<&str> = counted.keys().map(|(_, ty)| *ty).collect();
+    types.sort_unstable();
+    types.dedup();
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT INTO type_heads (type, recorded_at) VALUES (?1, ?2)
+             ON CONFLICT (type) DO UPDATE SET recorded_at = max(recorded_at, excluded.recorded_at)",
+        )
+        .db()?;
+    for ty in types {
+        upsert.execute(params![ty, now]).db()?;
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ use crate::SqliteBackend;
 use crate::audit::{SYSTEM_ACTOR, record};
 use crate::clock::{int, micros, now_micros, timestamp, uint};
 use crate::error::{Db, from_json};
+use crate::store::first_at;
 use crate::subs::{self, type_filter, with_types};
 
 /// Page size of a DLQ list whose `limit` is 0.
@@ -233,7 +234,13 @@ impl Replay for SqliteBackend {
                      ORDER BY e.position",
                     type_filter("e", 6, &sub.types)
                 );
-                let (now, from, since_us) = (now_micros(), int(from), since.map(micros));
+                let since_us = since.map(micros);
+                // Events recorded since `since` start at a position found by binary search.
+                let from = match since_us {
+                    Some(at) => from.max(first_at(tx, at)?),
+                    None => from,
+                };
+                let (now, from) = (now_micros(), int(from));
                 let start = int(sub.start_position);
                 let args = with_types(&[&sub.id, &now, &from, &since_us, &start], &sub.types);
                 let queued = tx

@@ -71,7 +71,8 @@ fn small(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// When the newest event the subscription receives was recorded (an index look-up per type).
+/// When the newest event the subscription receives was recorded (a `type_heads` look-up per
+/// type).
 fn last_event_at(conn: &Connection, sub: &Sub) -> Result<Option<Timestamp>> {
     if sub.types.is_empty() {
         let last: Option<i64> = conn
@@ -82,7 +83,7 @@ fn last_event_at(conn: &Connection, sub: &Sub) -> Result<Option<Timestamp>> {
     }
     let mut newest: Option<i64> = None;
     let mut st = conn
-        .prepare_cached("SELECT max(recorded_at) FROM events WHERE type = ?1")
+        .prepare_cached("SELECT max(recorded_at) FROM type_heads WHERE type = ?1")
         .db()?;
     for ty in &sub.types {
         let at: Option<i64> = st.query_row([ty], |r| r.get(0)).db()?;

@@ -36,6 +36,45 @@ pub(crate) fn head_position(conn: &Connection) -> Result<u64> {
     Ok(uint(head))
 }
 
+/// The position of the first event recorded at or after `at` (unix µs), or one past the
+/// newest if there is none: a binary search over positions, one index seek per step, since
+/// `recorded_at` never decreases with the position (`append.rs`). Trimmed gaps are skipped.
+pub(crate) fn first_at(conn: &Connection, at: i64) -> Result<u64> {
+    let mut probe = conn
+        .prepare_cached(
+            "SELECT position, recorded_at FROM events WHERE position >= ?1
+             ORDER BY position LIMIT 1",
+        )
+        .db()?;
+    let (low, newest): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT min(position), max(position) FROM events")
+        .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+        .db()?;
+    let (Some(mut low), Some(newest)) = (low, newest) else {
+        return head_position(conn).map(|h| h + 1);
+    };
+    // The answer lies in [low, high]; high = newest + 1 stands for "none".
+    let mut high = newest + 1;
+    while low < high {
+        let mid = low + (high - low) / 2;
+        let found: Option<(i64, i64)> = probe
+            .query_row([mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .db()?;
+        match found {
+            Some((position, recorded)) if position < high => {
+                if recorded >= at {
+                    high = position;
+                } else {
+                    low = position + 1;
+                }
+            }
+            _ => high = mid,
+        }
+    }
+    Ok(uint(high))
+}
+
 /// Decodes a row selected with [`RECORDED_COLUMNS`] starting at column `at`.
 pub(crate) fn recorded(row: &Row<'_>, at: usize) -> rusqlite::Result<Recorded> {
     RawRecorded::read(row, at).map(RawRecorded::decode)
@@ -175,6 +214,11 @@ fn read_page(conn: &Connection, query: &ReadQuery, partitions: u32) -> Result<Ve
     } else {
         query.limit
     };
+    let since = query.since.map(|t| first_at(conn, micros(t))).transpose()?;
+    let query = &ReadQuery {
+        after: since.map_or(query.after, |first| query.after.max(first - 1)),
+        ..query.clone()
+    };
     let Some(key) = &query.key else {
         return select(conn, query, Source::Log, (0, 0), limit);
     };
@@ -233,11 +277,7 @@ fn select_sql(query: &ReadQuery, source: Source) -> String {
         Source::KeyTail => sql.push_str(" AND e.partition = ?8 AND e.position > ?7 AND e.key = ?3"),
     }
     if !query.types.is_empty() {
-        // With a time bound the (type, recorded_at) index fits; otherwise scan by position.
-        let plus = if query.since.is_some() { "" } else { "+" };
-        sql.push_str(&format!(
-            " AND {plus}e.type IN (SELECT value FROM json_each(?2))"
-        ));
+        sql.push_str(" AND e.type IN (SELECT value FROM json_each(?2))");
     }
     for (cond, present) in [
         (

@@ -9,6 +9,7 @@ use crate::SqliteBackend;
 use crate::clock::{int, micros, uint};
 use crate::error::Db;
 use crate::keys;
+use crate::store::first_at;
 
 /// Positions examined per writer command.
 const CHUNK: u64 = 5000;
@@ -84,14 +85,16 @@ fn trim_chunk(conn: &Connection, (from, to): (u64, u64), before: i64) -> Result<
     Ok(doomed.len() as u64)
 }
 
-/// The position range that may hold events recorded before `before`: `(low, high]`.
+/// The position range that holds the events recorded before `before`: `(low, high]`, found
+/// by binary search (`recorded_at` never decreases with the position).
 fn bounds(conn: &Connection, before: i64) -> Result<(u64, u64)> {
-    let (low, high): (Option<i64>, Option<i64>) = conn
-        .prepare_cached("SELECT min(position), max(position) FROM events WHERE recorded_at < ?1")
-        .and_then(|mut st| st.query_row([before], |r| Ok((r.get(0)?, r.get(1)?))))
+    let low: Option<i64> = conn
+        .prepare_cached("SELECT min(position) FROM events")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
         .db()?;
-    match (low, high) {
-        (Some(low), Some(high)) => Ok((uint(low).saturating_sub(1), uint(high))),
+    let high = first_at(conn, before)?.saturating_sub(1);
+    match low {
+        Some(low) if uint(low) <= high => Ok((uint(low) - 1, high)),
         _ => Ok((0, 0)),
     }
 }

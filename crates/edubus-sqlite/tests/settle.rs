@@ -171,7 +171,16 @@ async fn stats_and_states_follow_deliveries() {
     bus.append(batch).await.unwrap();
     let stats = &bus.stats().await.unwrap()[0];
     assert_eq!((stats.lag, stats.pending, stats.dlq_depth), (2, 0, 0));
-    assert!(stats.last_event_at.is_some());
+    let marked_at = bus.read(ReadQuery::default()).await.unwrap()[1].recorded_at;
+    assert_eq!(stats.last_event_at, Some(marked_at));
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    bus.append(vec![append("grade.posted", "k")]).await.unwrap();
+    let stats = &bus.stats().await.unwrap()[0];
+    assert_eq!(
+        stats.last_event_at,
+        Some(marked_at),
+        "the newest event of a subscribed type"
+    );
 
     let got = bus
         .fetch(&lease, lease.cursor, 0, 10)

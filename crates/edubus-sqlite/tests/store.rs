@@ -170,6 +170,68 @@ async fn reads_by_position_key_type_correlation_stream_and_time() {
 }
 
 #[tokio::test]
+async fn reads_since_a_time_start_at_its_first_event_across_gaps_and_clocks_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = open(dir.path()).await;
+    for b in 0..3 {
+        let batch = (0..10)
+            .map(|i| append("a.happened", &format!("k{b}-{i}")))
+            .collect();
+        bus.append(batch).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let positions =
+        |rs: Vec<edubus_core::Recorded>| rs.iter().map(|r| r.position).collect::<Vec<_>>();
+    let all = bus.read(ReadQuery::default()).await.unwrap();
+    let since = |at| ReadQuery {
+        since: Some(at),
+        ..Default::default()
+    };
+    let second = all[10].recorded_at;
+    assert_eq!(
+        positions(bus.read(since(second)).await.unwrap()),
+        (11..=30).collect::<Vec<_>>()
+    );
+    let typed = ReadQuery {
+        types: vec!["a.happened".into()],
+        after: 20,
+        ..since(second)
+    };
+    assert_eq!(
+        positions(bus.read(typed).await.unwrap()),
+        (21..=30).collect::<Vec<_>>()
+    );
+
+    // Gaps left by deleted events, and another process whose clock is an hour ahead.
+    let conn = Connection::open(dir.path().join("edubus.db")).unwrap();
+    conn.execute("DELETE FROM events WHERE position BETWEEN 9 AND 15", [])
+        .unwrap();
+    assert_eq!(
+        positions(bus.read(since(second)).await.unwrap()),
+        (16..=30).collect::<Vec<_>>()
+    );
+    let hour_on = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    let ahead = jiff::Timestamp::from_microsecond(hour_on.as_microsecond()).unwrap();
+    conn.execute(
+        "INSERT INTO events (id, stream, partition, key, type, version, recorded_at, envelope)
+         SELECT 'ahead', stream, partition, key, type, version, ?1, envelope
+         FROM events WHERE position = 30",
+        [ahead.as_microsecond()],
+    )
+    .unwrap();
+    bus.append(vec![append("a.happened", "after")])
+        .await
+        .unwrap();
+    let late = bus.read(since(ahead)).await.unwrap();
+    assert_eq!(positions(late.clone()), [31, 32]);
+    assert!(
+        late[1].recorded_at >= ahead,
+        "an event is never recorded before the one it follows"
+    );
+    bus.close().await;
+}
+
+#[tokio::test]
 async fn concurrent_appends_land_with_unique_positions_in_grouped_commits() {
     let dir = tempfile::tempdir().unwrap();
     let bus = open(dir.path()).await;
