@@ -85,15 +85,15 @@ impl<B: EventStore + Transport> Bus<B> {
             .into_iter()
             .map(|env| self.prepare(env))
             .collect::<Result<Vec<_>>>()?;
-        let types: Vec<String> = batch
-            .iter()
-            .map(|a| a.envelope.event_type.clone())
-            .collect();
+        let (mut types, of_event) = types_of(&batch);
         let appended = self.inner.backend.append(batch).await?;
-        for (done, event_type) in appended.iter().zip(types) {
-            if !done.duplicate {
+        for (done, &index) in appended.iter().zip(&of_event) {
+            types[index].1 += u64::from(!done.duplicate);
+        }
+        for (event_type, published) in types {
+            if published > 0 {
                 metrics::counter!("eventbus_published_total", "event_type" => event_type)
-                    .increment(1);
+                    .increment(published);
             }
         }
         Ok(appended)
@@ -110,6 +110,26 @@ impl<B: EventStore + Transport> Bus<B> {
             stream: spec.topic.clone(),
         })
     }
+}
+
+/// The distinct types of a batch (with a zero count each) and each event's index among them:
+/// the published counter is incremented once per type, not once per event.
+fn types_of(batch: &[Append]) -> (Vec<(String, u64)>, Vec<usize>) {
+    let mut types: Vec<(String, u64)> = Vec::new();
+    let of_event = batch
+        .iter()
+        .map(|a| {
+            let ty = a.envelope.event_type.as_str();
+            match types.iter().position(|(t, _)| t == ty) {
+                Some(index) => index,
+                None => {
+                    types.push((ty.to_owned(), 0));
+                    types.len() - 1
+                }
+            }
+        })
+        .collect();
+    (types, of_event)
 }
 
 /// Fills in what the catalog knows and the producer may have left out.
@@ -140,5 +160,26 @@ fn key_of(data: &Value, field: &str) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_names_each_type_once_and_points_every_event_at_its_type() {
+        let batch: Vec<Append> = ["b.one", "a.two", "b.one", "c.three", "a.two"]
+            .into_iter()
+            .map(|ty| Append {
+                envelope: Envelope::new(ty, 1, serde_json::json!({})),
+                stream: "s".into(),
+            })
+            .collect();
+        let (types, of_event) = types_of(&batch);
+        let names: Vec<&str> = types.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(names, ["b.one", "a.two", "c.three"]);
+        assert!(types.iter().all(|(_, n)| *n == 0));
+        assert_eq!(of_event, [0, 1, 0, 2, 1]);
     }
 }
