@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{append, config, envelope, open};
+use common::{append, config, envelope, open, spec};
 use edubus_core::{Append, ErrorKind, EventStore, ReadQuery, Transport, partition_of};
 use edubus_sqlite::rusqlite::Connection;
 use edubus_sqlite::{SqliteBackend, schema};
@@ -381,6 +381,9 @@ async fn repeated_ids_within_one_batch_and_a_late_conflict_leave_no_gap() {
 async fn reads_by_key_span_the_segments_of_the_key_index_and_its_tail() {
     let dir = tempfile::tempdir().unwrap();
     let bus = open(dir.path()).await;
+    // An event a subscription has not settled: trim keeps it, and the segments after it.
+    bus.register(&spec("hold", &["b.held"])).await.unwrap();
+    bus.append(vec![append("b.held", "k7")]).await.unwrap();
     let conn = Connection::open(dir.path().join("edubus.db")).unwrap();
     let bound = format!("keys_indexed_upto:{}", partition_of("k7", bus.partitions()));
     let indexed = || -> u64 {
@@ -427,11 +430,11 @@ async fn reads_by_key_span_the_segments_of_the_key_index_and_its_tail() {
         ..Default::default()
     };
     let all = bus.read(query(0, 10_000)).await.unwrap();
-    assert_eq!(all.len(), 682, "680 from the batches, 2 more");
+    assert_eq!(all.len(), 683, "the held one, 680 from the batches, 2 more");
     assert!(all.iter().all(|r| r.key == "k7"));
     assert!(all.windows(2).all(|w| w[0].position < w[1].position));
     // Pages that cross from the first segment to the second, and from the index to the tail.
-    for (from, len) in [(300, 60), (650, 31)] {
+    for (from, len) in [(300, 60), (650, 32)] {
         let page = bus.read(query(all[from].position, len)).await.unwrap();
         let expected: Vec<_> = all[from + 1..=from + len]
             .iter()
@@ -447,12 +450,24 @@ async fn reads_by_key_span_the_segments_of_the_key_index_and_its_tail() {
     assert_eq!(
         bus.trim(later).await.unwrap(),
         68_002,
-        "no subscription: all settled"
+        "no subscription receives them: all settled"
     );
-    let left: i64 = conn
-        .query_row("SELECT count(*) FROM event_keys", [], |r| r.get(0))
+    let rows = || -> i64 {
+        conn.query_row("SELECT count(*) FROM event_keys", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert!(rows() > 0, "the segments after the held event stay");
+    let held = bus.read(query(0, 10)).await.unwrap();
+    assert_eq!(
+        held.iter().map(|r| r.position).collect::<Vec<_>>(),
+        [1],
+        "entries of trimmed events are skipped"
+    );
+    // Once no event is older than a segment, trim drops it.
+    conn.execute("DELETE FROM events WHERE position = 1", [])
         .unwrap();
-    assert_eq!(left, 0, "trim removes the by-key entries too");
+    assert_eq!(bus.trim(later).await.unwrap(), 0);
+    assert_eq!(rows(), 0, "trim removes the by-key entries too");
     assert!(bus.read(query(0, 10)).await.unwrap().is_empty());
     bus.close().await;
 }
