@@ -150,7 +150,8 @@ CREATE INDEX events_correlation ON events (correlation_id, position) WHERE corre
 /// segment of its own and at the right edge of the tree, one row per key with the key's
 /// positions, instead of inserting an entry per event among the older entries of its key
 /// (which dirtied a page per key every round). The entries of the old table become one
-/// segment per partition, named by its bound.
+/// segment per partition, named by its bound; grouped by key in the old table's order, with
+/// no sort (a key's partition, hence its bound, is the same for all its entries).
 const MIGRATION_3: &str = "
 CREATE TABLE event_keys_3 (
     segment INTEGER NOT NULL,
@@ -168,8 +169,7 @@ SELECT upto, partition, key, min(position), json_group_array(position) FROM (
            e.partition AS partition, k.key AS key, k.position AS position
     FROM event_keys k JOIN events e ON e.position = k.position)
 WHERE position <= upto
-GROUP BY upto, partition, key
-ORDER BY 1, 2, 3;
+GROUP BY key;
 DROP TABLE event_keys;
 ALTER TABLE event_keys_3 RENAME TO event_keys;
 ";
