@@ -93,7 +93,7 @@ impl Seen {
     /// The writer appended `key` at `position`.
     pub(crate) fn push(&mut self, partition: u32, key: &str, position: u64) {
         if self.entries.len() >= ROUND_MAX as usize {
-            // No round took them (the lock was busy): the log keeps them for a later read.
+            // No round took them (rounds kept failing): a later round reads them from the log.
             self.restart(position.saturating_sub(1));
         }
         self.entries
@@ -161,6 +161,7 @@ impl Staged {
         let lowest = bounds.iter().copied().min().unwrap_or(0);
         let head = head_position(conn)?.min(lowest.saturating_add(ROUND_MAX));
         let complete = seen.from <= lowest && known >= head;
+        // The round indexes every position up to its head: from memory, or else from the log.
         let taken = seen.take_upto(head);
         let mut round = Self {
             head,
