@@ -23,6 +23,9 @@ use crate::schema::open_reader;
 
 /// Time between checks for new commits.
 const INTERVAL: Duration = Duration::from_millis(100);
+/// Time between checks while the log is long: the writer's own pass, when the log is full,
+/// copies and syncs what was appended since this thread's last pass.
+const BUSY_INTERVAL: Duration = Duration::from_millis(20);
 /// Set by the checkpoint thread when the WAL outgrew `wal_restart_frames`; the writer thread
 /// takes it and runs a passive checkpoint between two groups.
 pub(crate) type WalFull = Arc<AtomicBool>;
@@ -81,8 +84,9 @@ fn checkpoint_loop(
     restart: i64,
 ) {
     let mut seen = data_version(conn).unwrap_or(0);
+    let mut interval = INTERVAL;
     loop {
-        std::thread::park_timeout(INTERVAL);
+        std::thread::park_timeout(interval);
         let stopping = stop.load(Ordering::Acquire);
         if let Ok(version) = data_version(conn)
             && version != seen
@@ -94,9 +98,11 @@ fn checkpoint_loop(
                 // (SQLite syncs the database only after a complete pass), and the writer's
                 // complete pass would then wait for all of them: once the log grows, sync them
                 // here, off its path. A small log's passes complete and sync by themselves.
-                if log >= restart / 8 {
+                let long = log >= restart / 8;
+                if long {
                     let _ = db.sync_data();
                 }
+                interval = if long { BUSY_INTERVAL } else { INTERVAL };
                 if log >= restart {
                     wal_full.store(true, Ordering::Release);
                 }
