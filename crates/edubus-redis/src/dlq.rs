@@ -18,6 +18,16 @@ pub struct DeadLetterRecord {
     pub event: Option<Recorded>,
 }
 
+/// Attempts to park one dead letter when other letters keep overtaking it.
+const PARK_TRIES: usize = 16;
+
+/// Whether XADD refused an explicit id because the stream already holds a higher one.
+/// (A pipeline reports it inside its own error, so the text is searched.)
+fn overtaken(e: &redis::RedisError) -> bool {
+    e.to_string()
+        .contains("equal or smaller than the target stream top item")
+}
+
 impl RedisStreams {
     /// Parks `event` in the DLQ of `letter.subscription`; returns the entry id.
     pub async fn dead_letter(&self, letter: &DeadLetter, event: &Recorded) -> Result<u64> {
@@ -25,34 +35,43 @@ impl RedisStreams {
     }
 
     /// Adds `fields`, the dead letter and the time to the subscription's DLQ stream.
+    ///
+    /// The id comes from a counter shared by all subscriptions, so two letters parked at once
+    /// may reach one stream out of order: the later-numbered one lands first and the other
+    /// takes a new id ([`PARK_TRIES`] at most). Ids stay unique, with gaps; the index entry
+    /// written beside a refused id finds no letter.
     async fn park(&self, letter: &DeadLetter, fields: impl ToRedisArgs) -> Result<u64> {
         let json = serde_json::to_string(letter)
             .map_err(|e| Error::internal("cannot encode a dead letter", e.to_string()))?;
         let mut conn = self.conn();
-        let id: u64 = redis::cmd("INCR")
-            .arg(self.keys().dlq_seq())
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| conn::error("INCR", &e))?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("XADD")
-            .arg(self.keys().dlq(&letter.subscription))
-            .arg(format!("0-{id}"))
-            .arg(fields)
-            .arg("letter")
-            .arg(json)
-            .arg("at")
-            .arg(Timestamp::now().as_microsecond())
-            .ignore()
-            .cmd("HSET")
-            .arg(self.keys().dlq_index())
-            .arg(id)
-            .arg(&letter.subscription)
-            .ignore();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| conn::error("XADD", &e))?;
-        Ok(id)
+        let mut tries = 0;
+        loop {
+            let id: u64 = redis::cmd("INCR")
+                .arg(self.keys().dlq_seq())
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| conn::error("INCR", &e))?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("XADD")
+                .arg(self.keys().dlq(&letter.subscription))
+                .arg(format!("0-{id}"))
+                .arg(&fields)
+                .arg("letter")
+                .arg(&json)
+                .arg("at")
+                .arg(Timestamp::now().as_microsecond())
+                .ignore()
+                .cmd("HSET")
+                .arg(self.keys().dlq_index())
+                .arg(id)
+                .arg(&letter.subscription)
+                .ignore();
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => return Ok(id),
+                Err(e) if tries + 1 < PARK_TRIES && overtaken(&e) => tries += 1,
+                Err(e) => return Err(conn::error("XADD", &e)),
+            }
+        }
     }
 
     /// Dead-letters an entry that cannot be read as an event, and acknowledges it.

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use edubus_core::{
-    ConsumerId, Envelope, Lease, LeaseOptions, Recorded, StartFrom, SubscriptionSpec, partition_of,
+    ConsumerId, DeadLetter, DeadReason, Envelope, Lease, LeaseOptions, Recorded, StartFrom,
+    SubscriptionSpec, partition_of,
 };
 use edubus_redis::{RedisConfig, RedisStreams};
 use jiff::Timestamp;
@@ -348,5 +349,53 @@ async fn three_consumers_share_partitions_and_keep_renewed_leases() {
     assert_eq!(
         changes_after_settling, 0,
         "leases moved while renewed: {last:?}"
+    );
+}
+
+/// Parking takes an id from a counter shared by all subscriptions, then adds the letter under
+/// it: from several connections at once, a higher id often reaches the stream first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_parked_at_once_in_one_subscription_all_land() {
+    let redis = transport("dlq_at_once").await;
+    redis.register(&spec("s")).await.unwrap();
+    let mut processes = Vec::new();
+    for _ in 0..8 {
+        processes.push(transport_like(&redis).await);
+    }
+    let letters = (1..=40u64).map(|position| {
+        let event = event(
+            position,
+            "attendance.marked",
+            &format!("student-{position}"),
+        );
+        let letter = DeadLetter {
+            subscription: "s".into(),
+            handler: "s/test".into(),
+            reason: DeadReason::Rejected,
+            error: "refused".into(),
+            attempts: Vec::new(),
+            stream: event.stream.clone(),
+            partition: event.partition,
+            position,
+            event_id: event.envelope.id.clone(),
+            event_type: event.envelope.event_type.clone(),
+        };
+        let redis = processes[position as usize % processes.len()].clone();
+        tokio::spawn(async move { redis.dead_letter(&letter, &event).await })
+    });
+    let mut ids = Vec::new();
+    for parked in letters.collect::<Vec<_>>() {
+        ids.push(parked.await.unwrap().expect("every letter is parked"));
+    }
+    let listed = redis.dlq_list(Some("s"), 0, 100).await.unwrap();
+    let mut positions: Vec<u64> = listed.iter().map(|r| r.entry.letter.position).collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=40).collect::<Vec<_>>());
+    let mut listed_ids: Vec<u64> = listed.iter().map(|r| r.entry.id).collect();
+    listed_ids.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(
+        listed_ids, ids,
+        "each letter is listed under the id it was given"
     );
 }
