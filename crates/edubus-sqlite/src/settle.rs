@@ -36,10 +36,14 @@ pub(crate) async fn settle(
     let lease = lease.clone();
     backend
         .writer()
-        .call(move |tx, state| settle_in(tx, state, &lease, settlements, cursor))
+        .call_unguarded(move |tx, state| settle_in(tx, state, &lease, settlements, cursor))
         .await
 }
 
+/// Runs without a savepoint of its own: a savepoint per settlement command copied the pages
+/// the group had already touched (the partitions' cursor rows share a page) before every
+/// change. It fails before its first write (unknown subscription, lost lease) or else marks
+/// the group poisoned; a failed settlement is undone by its own nested savepoint.
 fn settle_in(
     tx: &Transaction<'_>,
     state: &mut WriterState,
@@ -50,6 +54,29 @@ fn settle_in(
     let sub = subs::load(tx, &lease.subscription)?;
     let current = check_epoch(tx, sub.id, lease)?;
     let failed_before = failure_positions(tx, sub.id, &settlements)?;
+    let written = write_settled(
+        tx,
+        state,
+        &sub,
+        lease,
+        settlements,
+        (current, cursor),
+        &failed_before,
+    );
+    state.poisoned |= written.is_err();
+    written
+}
+
+/// The writes of [`settle_in`]: each settlement's outcome, the inbox rows, the cursor.
+fn write_settled(
+    tx: &Transaction<'_>,
+    state: &mut WriterState,
+    sub: &Sub,
+    lease: &Lease,
+    settlements: Vec<Settlement<SqliteWork>>,
+    (current, cursor): (Position, Position),
+    failed_before: &HashSet<Position>,
+) -> Result<Vec<Result<()>>> {
     let mut results = Vec::with_capacity(settlements.len());
     let mut done = Vec::with_capacity(settlements.len());
     let mut lowest_failed: Option<Position> = None;
@@ -61,7 +88,7 @@ fn settle_in(
             Ok(())
         } else {
             in_savepoint(tx, state, |tx, state| {
-                apply(tx, state, &sub, lease, s, clean_failures)
+                apply(tx, state, sub, lease, s, clean_failures)
             })?
         };
         match &result {
