@@ -1,10 +1,11 @@
 //! Fetching deliveries of a leased partition: queued replays first, then this consumer's own
-//! pending entries (after a takeover or restart), then new entries with a blocking read.
+//! pending entries (after a takeover or restart), then new entries with a blocking read. The
+//! failed attempts and the inbox of what was read are looked up in one more round trip.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::PoisonError;
 
-use edubus_core::{Delivery, Error, Fetched, Lease, Result};
+use edubus_core::{Delivery, Error, Fetched, Lease, Recorded, Result};
 use jiff::Timestamp;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
@@ -45,7 +46,8 @@ fn last_ids(tops: Vec<Value>) -> Read {
 
 /// How a fenced read went.
 enum Fence {
-    Read(Read),
+    /// The replay-queue entries, and what the group read found.
+    Read(Value, Read),
     /// The lease is not this consumer's, with why.
     Stale(String),
     /// The lease key changed during every attempt.
@@ -63,9 +65,11 @@ enum Read {
 }
 
 impl RedisStreams {
-    /// Up to `max` deliveries of the lease's partition: replay-queue entries with an id above
-    /// `after_requeue`, else this consumer's pending entries, else new entries (waiting up to
-    /// the configured block time for some). `handled` is left false: the inbox is not here.
+    /// Deliveries of the lease's partition: while this consumer's pending entries are read
+    /// back, up to `max` replay-queue entries with an id above `after_requeue`, else up to
+    /// `max` pending entries; then up to `max` replay-queue entries and up to `max` new entries
+    /// read together (waiting up to the configured block time when there are none).
+    /// `handled` says whether the partition's inbox in Redis holds the event's id.
     pub async fn fetch(
         &self,
         lease: &Lease,
@@ -87,20 +91,19 @@ impl RedisStreams {
         }
         let history = self.with_state(lease, |s| s.history.clone())?;
         let max = max.max(1);
-        let replays = self.requeued(lease, after_requeue, max).await?;
-        if !replays.is_empty() {
-            return Ok(Fetched {
-                deliveries: replays,
-                scanned_to: after,
-            });
-        }
         let read = async {
             let mut deliveries = Vec::new();
             if history.iter().any(Option::is_some) {
+                deliveries = self.requeued(lease, after_requeue, max).await?;
+                if !deliveries.is_empty() {
+                    return Ok(deliveries);
+                }
                 deliveries = self.history(&sub, lease, &consumer, history, max).await?;
             }
             if deliveries.is_empty() {
-                deliveries = self.fresh(&sub, lease, &consumer, max).await?;
+                deliveries = self
+                    .fresh(&sub, lease, &consumer, after_requeue, max)
+                    .await?;
             }
             Ok::<_, Error>(deliveries)
         };
@@ -114,7 +117,11 @@ impl RedisStreams {
                 return Err(e);
             }
         };
-        let scanned_to = deliveries.last().map_or(after, |d| d.seq.max(after));
+        let scanned_to = deliveries
+            .iter()
+            .rev()
+            .find(|d| !d.replay)
+            .map_or(after, |d| d.seq.max(after));
         Ok(Fetched {
             deliveries,
             scanned_to,
@@ -208,12 +215,14 @@ impl RedisStreams {
         .await
     }
 
-    /// New entries, waiting up to the block time on a dedicated connection.
+    /// Replay-queue entries with an id above `after_requeue`, then new entries, waiting up to
+    /// the block time on a dedicated connection when there are neither.
     async fn fresh(
         &self,
         sub: &Subscription,
         lease: &Lease,
         consumer: &str,
+        after_requeue: u64,
         max: usize,
     ) -> Result<Vec<Delivery>> {
         let keys: Vec<String> = sub
@@ -221,10 +230,13 @@ impl RedisStreams {
             .iter()
             .map(|s| self.keys().stream(s, lease.partition))
             .collect();
-        let reply = match self.fenced_read(sub, lease, consumer, &keys, max).await? {
-            Read::Entries(reply) => reply,
-            Read::NoGroup => return Ok(Vec::new()),
-            Read::Empty(last_ids) => {
+        let read =
+            |after_requeue| self.fenced_read(sub, lease, consumer, &keys, after_requeue, max);
+        let (mut replays, reply) = match read(after_requeue).await? {
+            (replays, Read::Entries(reply)) => (replays, reply),
+            (replays, Read::NoGroup) => return Ok(replays),
+            (replays, Read::Empty(_)) if !replays.is_empty() => return Ok(replays),
+            (_, Read::Empty(last_ids)) => {
                 // Wait for anything newer than what the streams held, without a group (a
                 // plain read changes nothing), then read through the fence again.
                 let block = crate::lease::millis(self.config().block);
@@ -242,9 +254,9 @@ impl RedisStreams {
                     .await
                     .map_err(|e| conn::error("XREAD", &e))?;
                 self.inner.blocking.give_back(conn);
-                match self.fenced_read(sub, lease, consumer, &keys, max).await? {
-                    Read::Entries(reply) => reply,
-                    Read::NoGroup | Read::Empty(_) => return Ok(Vec::new()),
+                match read(after_requeue).await? {
+                    (replays, Read::Entries(reply)) => (replays, reply),
+                    (replays, Read::NoGroup | Read::Empty(_)) => return Ok(replays),
                 }
             }
         };
@@ -259,7 +271,8 @@ impl RedisStreams {
             };
             per_stream.push((i, key, entries));
         }
-        self.deliveries(lease, per_stream, |_| 1).await
+        replays.extend(self.deliveries(lease, per_stream, |_| 1).await?);
+        Ok(replays)
     }
 
     /// New entries for this consumer, read only while it holds the lease with its epoch: a
@@ -276,12 +289,14 @@ impl RedisStreams {
         lease: &Lease,
         consumer: &str,
         keys: &[String],
+        after_requeue: u64,
         max: usize,
-    ) -> Result<Read> {
+    ) -> Result<(Vec<Delivery>, Read)> {
         let mut conn = self.inner.blocking.take().await?;
         // The pool's connections have no response timeout (they serve blocking reads): this
         // read gets the shared connection's.
-        let watched = self.watched_read(&mut conn, sub, lease, consumer, keys, max);
+        let read = self.fenced_transaction(sub, lease, consumer, keys, after_requeue, max);
+        let watched = self.watched_read(&mut conn, lease, consumer, &read);
         let Ok(read) = tokio::time::timeout(conn::RESPONSE_TIMEOUT, watched).await else {
             return Err(Error::unavailable(
                 "redis XREADGROUP failed",
@@ -295,14 +310,14 @@ impl RedisStreams {
         match read {
             Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP") => {
                 self.recreate_groups(sub, lease.partition).await?;
-                Ok(Read::NoGroup)
+                Ok((Vec::new(), Read::NoGroup))
             }
             Err(e) => Err(conn::error("XREADGROUP", &e)),
             Ok(Fence::Stale(why)) => Err(Error::conflict(format!(
                 "partition {} of `{}`: {why}",
                 lease.partition, lease.subscription
             ))),
-            Ok(Fence::Read(read)) => Ok(read),
+            Ok(Fence::Read(replays, read)) => Ok((self.replays(replays)?, read)),
             Ok(Fence::Busy) => Err(Error::unavailable(
                 format!(
                     "partition {} of `{}`: the lease key changed during every read",
@@ -313,20 +328,25 @@ impl RedisStreams {
         }
     }
 
-    /// One fenced read on `conn`: `WATCH` and check the lease, then, in one transaction, the
-    /// group read and each stream's last entry (to wait from when nothing is new).
-    async fn watched_read(
+    /// The transaction of a fenced read: the replay queue after `after_requeue`, the group
+    /// read and each stream's last entry (to wait from when nothing is new).
+    fn fenced_transaction(
         &self,
-        conn: &mut MultiplexedConnection,
         sub: &Subscription,
         lease: &Lease,
         consumer: &str,
         keys: &[String],
+        after_requeue: u64,
         max: usize,
-    ) -> redis::RedisResult<Fence> {
-        let lease_key = self.keys().lease(&lease.subscription, lease.partition);
+    ) -> redis::Pipeline {
         let mut read = redis::pipe();
         read.atomic()
+            .cmd("XRANGE")
+            .arg(self.keys().replay(&lease.subscription, lease.partition))
+            .arg(format!("(0-{after_requeue}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(max)
             .cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&sub.spec.name)
@@ -346,6 +366,19 @@ impl RedisStreams {
                 .arg("COUNT")
                 .arg(1);
         }
+        read
+    }
+
+    /// One fenced read on `conn`: `WATCH` and check the lease, then run `read` (a
+    /// [`Self::fenced_transaction`]).
+    async fn watched_read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        lease: &Lease,
+        consumer: &str,
+        read: &redis::Pipeline,
+    ) -> redis::RedisResult<Fence> {
+        let lease_key = self.keys().lease(&lease.subscription, lease.partition);
         for _ in 0..FENCE_ATTEMPTS {
             let (held,): (Option<String>,) = redis::pipe()
                 .cmd("WATCH")
@@ -363,11 +396,16 @@ impl RedisStreams {
             let Some(mut replies) = read.query_async::<Option<Vec<Value>>>(conn).await? else {
                 continue;
             };
-            let tops = replies.split_off(1.min(replies.len()));
-            return Ok(Fence::Read(match replies.pop() {
-                Some(Value::Nil) | None => last_ids(tops),
-                Some(entries) => Read::Entries(entries),
-            }));
+            let tops = replies.split_off(2.min(replies.len()));
+            let entries = replies.pop();
+            let replays = replies.pop().unwrap_or(Value::Nil);
+            return Ok(Fence::Read(
+                replays,
+                match entries {
+                    Some(Value::Nil) | None => last_ids(tops),
+                    Some(entries) => Read::Entries(entries),
+                },
+            ));
         }
         Ok(Fence::Busy)
     }
@@ -401,50 +439,79 @@ impl RedisStreams {
                 ordered.push((*i, key.clone(), e));
             }
         }
-        let positions: Vec<u64> = ordered
-            .iter()
-            .filter_map(|(_, _, e)| e.position())
-            .collect();
-        let failures = self.failures_of(&lease.subscription, &positions).await?;
-        let failed: HashMap<u64, u32> = positions
-            .iter()
-            .zip(&failures)
-            .map(|(p, f)| (*p, u32::try_from(f.len()).unwrap_or(u32::MAX)))
-            .collect();
         let mut out = Vec::with_capacity(ordered.len());
         let mut unreadable = Vec::new();
         let received_at = Timestamp::now();
         for (i, key, e) in ordered {
             match e.recorded(partitions) {
                 Ok(event) => {
-                    let recorded = failed.get(&event.position).copied().unwrap_or(0);
-                    let delivery_count = count_of(&e).max(recorded.saturating_add(1));
-                    out.push((i, e.id, event, delivery_count));
+                    let count = count_of(&e);
+                    out.push((i, e.id, event, count));
                 }
                 Err(error) => unreadable.push((key, e, error)),
             }
         }
+        let (failed, handled) = self.known(lease, &out).await?;
         for (key, e, error) in unreadable {
             self.dead_letter_unreadable(lease, &key, &e, &error).await?;
         }
         self.with_state(lease, |state| {
             out.into_iter()
-                .map(|(i, id, event, delivery_count)| {
+                .zip(failed.into_iter().zip(handled))
+                .map(|((i, id, event, count), (failed, handled))| {
                     let seq = state.next_seq;
                     state.next_seq += 1;
                     state.inflight.insert(seq, (i, id));
                     Delivery {
                         event,
                         seq,
-                        delivery_count,
+                        delivery_count: count.max(failed.saturating_add(1)),
                         replay: false,
                         requeue_id: None,
                         received_at,
-                        handled: false,
+                        handled,
                     }
                 })
                 .collect()
         })
+    }
+
+    /// Per delivery, the failed attempts recorded for it and whether the partition's inbox
+    /// holds its event id, read in one round trip.
+    async fn known(
+        &self,
+        lease: &Lease,
+        out: &[(usize, String, Recorded, u32)],
+    ) -> Result<(Vec<u32>, Vec<bool>)> {
+        if out.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.keys().failures(&lease.subscription))
+            .arg(out.iter().map(|d| d.2.position).collect::<Vec<_>>())
+            .cmd("ZMSCORE")
+            .arg(self.keys().inbox(&lease.subscription, lease.partition))
+            .arg(
+                out.iter()
+                    .map(|d| d.2.envelope.id.as_str())
+                    .collect::<Vec<_>>(),
+            );
+        let mut conn = self.conn();
+        let (failures, scores): (Vec<Option<String>>, Vec<Option<f64>>) = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| conn::error("HMGET/ZMSCORE", &e))?;
+        let failed = failures
+            .into_iter()
+            .map(|json| Ok(crate::settle::attempts(json)?.len()))
+            .map(|n: Result<usize>| n.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect::<Result<Vec<u32>>>()?;
+        if failed.iter().any(|n| *n > 0) {
+            let positions = out.iter().zip(&failed).filter(|(_, n)| **n > 0);
+            self.note_failed(&lease.subscription, positions.map(|(d, _)| d.2.position));
+        }
+        Ok((failed, scores.iter().map(Option::is_some).collect()))
     }
 
     /// Delivery counts of this consumer's pending entries (`XPENDING`).

@@ -39,6 +39,11 @@ impl Keys {
         format!("{}:{{p{partition}}}:replay:{subscription}", self.prefix)
     }
 
+    /// The ids of events the subscription settled in `partition`, scored by the time (ms).
+    pub(crate) fn inbox(&self, subscription: &str, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:inbox:{subscription}", self.prefix)
+    }
+
     pub(crate) fn replay_seq(&self) -> String {
         format!("{}:replay:seq", self.prefix)
     }
@@ -87,6 +92,7 @@ mod tests {
         );
         assert!(keys.lease("sub", 7).contains("{p7}"));
         assert!(keys.replay("sub", 7).contains("{p7}"));
+        assert!(keys.inbox("sub", 7).contains("{p7}"));
         assert_eq!(keys.stream_name("other:{p7}:s:x"), None);
     }
 }

@@ -31,7 +31,7 @@ mod production;
 mod settle;
 mod stats;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -121,6 +121,9 @@ struct Inner {
     leases: Mutex<HashMap<(String, u32), LeaseState>>,
     /// Pending entries found trimmed when claimed: `(stream key, entry id)`.
     lost: Mutex<Vec<(String, String)>>,
+    /// `(subscription, position)` of deliveries with failed attempts recorded, as far as this
+    /// process saw: a settlement clears those histories and needs no command for the others.
+    failed: Mutex<HashSet<(String, u64)>>,
     /// Registered subscriptions seen by this process, with their streams.
     subscriptions: RwLock<HashMap<String, Arc<Subscription>>>,
 }
@@ -158,6 +161,7 @@ impl RedisStreams {
                 config,
                 leases: Mutex::default(),
                 lost: Mutex::default(),
+                failed: Mutex::default(),
                 subscriptions: RwLock::default(),
             }),
         })

@@ -8,7 +8,7 @@ use std::time::Duration;
 use edubus_core::{
     Append, Appended, Attempt, ConsumerId, DeadLetterEntry, DeadLetterQueue, DeliveryState, Error,
     EventStore, Fetched, Lease, LeaseOptions, Outcome, Position, ReadQuery, Recorded, Replay,
-    Result, Settlement, SubscriptionSpec, SubscriptionStats, Transport,
+    Result, Settlement, SubscriptionSpec, SubscriptionStats, Transport, partition_of,
 };
 use edubus_postgres::{Commit, Committed, PgConfig, PgStore, PgWork, Relay, RelayOptions, Sink};
 use jiff::Timestamp;
@@ -97,6 +97,9 @@ impl Production {
     /// Runs a replayed delivery's work and appends its events without an inbox row: a replay
     /// asks for the handler to run again.
     async fn commit_replay(&self, work: Option<PgWork>, caused: Vec<Append>) -> Result<()> {
+        if work.is_none() && caused.is_empty() {
+            return Ok(());
+        }
         let mut client = self
             .store()
             .pool()
@@ -191,10 +194,12 @@ impl Transport for Production {
                 tracing::warn!(error = %e, "cannot audit a trimmed pending entry");
             }
         }
+        // The Redis inbox knows every settled event. A redelivery may also be an event whose
+        // transactional commit reached PostgreSQL's inbox while its acknowledgement did not.
         let ids: Vec<String> = fetched
             .deliveries
             .iter()
-            .filter(|d| !d.replay)
+            .filter(|d| !d.replay && !d.handled && d.delivery_count > 1)
             .map(|d| d.event.envelope.id.clone())
             .collect();
         if !ids.is_empty() {
@@ -208,7 +213,7 @@ impl Transport for Production {
                 }
             };
             for d in &mut fetched.deliveries {
-                d.handled = !d.replay && seen.contains(&d.event.envelope.id);
+                d.handled |= !d.replay && seen.contains(&d.event.envelope.id);
             }
         }
         Ok(fetched)
@@ -216,7 +221,16 @@ impl Transport for Production {
 
     async fn seen(&self, lease: &Lease, deliveries: &[(Position, String)]) -> Result<Vec<String>> {
         let ids: Vec<String> = deliveries.iter().map(|(_, id)| id.clone()).collect();
-        self.store().seen(&lease.subscription, &ids).await
+        let mut seen = self.store().seen(&lease.subscription, &ids).await?;
+        let pairs: Vec<(u32, &str)> = ids
+            .iter()
+            .map(|id| (lease.partition, id.as_str()))
+            .collect();
+        let in_redis = self.redis().handled(&lease.subscription, &pairs).await?;
+        seen.extend(in_redis.into_iter().map(str::to_owned));
+        seen.sort_unstable();
+        seen.dedup();
+        Ok(seen)
     }
 
     async fn settle(
@@ -225,22 +239,32 @@ impl Transport for Production {
         settlements: Vec<Settlement<PgWork>>,
         _cursor: u64,
     ) -> Result<Vec<Result<()>>> {
-        // A stale lease commits nothing. (Should it move between this check and the
-        // acknowledgement, the new owner's redelivery finds the inbox rows.)
-        self.redis().check_lease(lease).await?;
+        // A settlement without transactional work, caused events or a dead letter writes
+        // nothing to PostgreSQL: the acknowledgement records it in the Redis inbox.
+        if settlements.iter().any(writes_to_store) {
+            // A stale lease commits nothing. (Should it move between this check and the
+            // acknowledgement, the new owner's redelivery finds the inbox rows.)
+            self.redis().check_lease(lease).await?;
+        }
         let sub = &lease.subscription;
         let mut results: Vec<Result<()>> = Vec::with_capacity(settlements.len());
         let mut commits = Vec::new();
         let mut committing = Vec::new();
         let mut keys = Vec::with_capacity(settlements.len());
         for (i, s) in settlements.into_iter().enumerate() {
-            keys.push((s.seq, s.requeue_id, s.position));
+            let inbox = s.requeue_id.is_none() && !matches!(s.outcome, Outcome::Dead(_));
+            keys.push((
+                s.seq,
+                s.requeue_id,
+                s.position,
+                inbox.then(|| s.event_id.clone()),
+            ));
             results.push(Ok(()));
             match s.outcome {
                 Outcome::Handled { work, caused } if s.requeue_id.is_some() => {
                     results[i] = self.commit_replay(work, caused).await;
                 }
-                Outcome::Handled { work, caused } => {
+                Outcome::Handled { work, caused } if work.is_some() || !caused.is_empty() => {
                     committing.push(i);
                     commits.push(Commit {
                         event_id: s.event_id,
@@ -248,29 +272,36 @@ impl Transport for Production {
                         caused,
                     });
                 }
-                Outcome::Duplicate => {}
+                Outcome::Handled { .. } | Outcome::Duplicate => {}
                 Outcome::Dead(letter) => {
                     results[i] = self.park(&letter, &s.event_id).await;
                 }
             }
         }
-        let committed = self.store().commit(sub, commits).await;
-        for (i, r) in committing.into_iter().zip(committed) {
-            results[i] = r.map(|c| match c {
-                Committed::Handled(_) | Committed::Duplicate => (),
-            });
+        if !commits.is_empty() {
+            let committed = self.store().commit(sub, commits).await;
+            for (i, r) in committing.into_iter().zip(committed) {
+                results[i] = r.map(|c| match c {
+                    Committed::Handled(_) | Committed::Duplicate => (),
+                });
+            }
         }
-        let (mut seqs, mut requeued, mut positions) = (Vec::new(), Vec::new(), Vec::new());
-        for ((seq, requeue_id, position), r) in keys.iter().zip(&results) {
-            if r.is_ok() {
-                match requeue_id {
-                    Some(id) => requeued.push(*id),
-                    None => seqs.push(*seq),
-                }
+        let (mut seqs, mut requeued, mut handled, mut positions) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((seq, requeue_id, position, inbox), r) in keys.iter().zip(&results) {
+            if r.is_err() {
+                continue;
+            }
+            match requeue_id {
+                Some(id) => requeued.push(*id),
+                None => seqs.push(*seq),
+            }
+            handled.extend(inbox.as_deref());
+            if requeue_id.is_some() || self.redis().had_failures(sub, *position) {
                 positions.push(*position);
             }
         }
-        self.redis().ack(lease, &seqs, &requeued).await?;
+        self.redis().ack(lease, &seqs, &requeued, &handled).await?;
         self.redis().clear_failures(sub, &positions).await?;
         Ok(results)
     }
@@ -306,12 +337,23 @@ impl Transport for Production {
         let ids: Vec<String> = events.iter().map(|e| e.envelope.id.clone()).collect();
         let mut per_sub = Vec::with_capacity(subs.len());
         for spec in &subs {
-            let handled: HashSet<String> = self
+            let mut handled: HashSet<String> = self
                 .store()
                 .seen(&spec.name, &ids)
                 .await?
                 .into_iter()
                 .collect();
+            let pairs: Vec<(u32, &str)> = events
+                .iter()
+                .map(|e| {
+                    (
+                        partition_of(&e.key, self.partitions()),
+                        e.envelope.id.as_str(),
+                    )
+                })
+                .collect();
+            let in_redis = self.redis().handled(&spec.name, &pairs).await?;
+            handled.extend(in_redis.into_iter().map(str::to_owned));
             let dead: HashMap<String, u64> = self.redis().dead_letters_by_event(&spec.name).await?;
             per_sub.push((spec, handled, dead));
         }
@@ -363,6 +405,16 @@ impl Transport for Production {
 
     async fn trim(&self, before: Timestamp) -> Result<u64> {
         self.redis().trim(before).await
+    }
+}
+
+/// Whether settling `s` writes to PostgreSQL (its work, its caused events, or the stored
+/// event of a dead letter), so the lease must be checked before.
+fn writes_to_store(s: &Settlement<PgWork>) -> bool {
+    match &s.outcome {
+        Outcome::Handled { work, caused } => work.is_some() || !caused.is_empty(),
+        Outcome::Duplicate => false,
+        Outcome::Dead(_) => true,
     }
 }
 

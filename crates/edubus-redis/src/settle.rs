@@ -1,6 +1,6 @@
 //! Fenced acknowledgement, failed attempts and the replay queue.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use edubus_core::{Attempt, Delivery, Error, Lease, Recorded, Result};
@@ -11,9 +11,11 @@ use crate::entry::{self, parse_id};
 use crate::{RedisStreams, conn};
 
 /// Checks that the lease is still held with its epoch, then acknowledges entries per stream,
-/// remembers the highest id acknowledged per stream, and deletes settled replay entries.
-/// KEYS: lease, acked hash, replay stream, stream keys...; ARGV: owner, epoch, group, then per
-/// stream key: count, ids..., highest id (when count > 0); then replay count, replay ids...
+/// remembers the highest id acknowledged per stream, deletes settled replay entries and
+/// records handled event ids in the inbox, scored by the server's time in milliseconds.
+/// KEYS: lease, acked hash, replay stream, inbox, stream keys...; ARGV: owner, epoch, group,
+/// then per stream key: count, ids..., highest id (when count > 0); then replay count, replay
+/// ids...; then inbox count, event ids...
 const ACK: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return redis.error_reply('STALE the lease expired') end
@@ -22,7 +24,7 @@ if owner ~= ARGV[1] or epoch ~= ARGV[2] then
   return redis.error_reply('STALE the lease was taken over by ' .. owner .. ' (epoch ' .. epoch .. ')')
 end
 local a = 4
-for k = 4, #KEYS do
+for k = 5, #KEYS do
   local n = tonumber(ARGV[a]); a = a + 1
   if n > 0 then
     local ids = {}
@@ -33,21 +35,45 @@ for k = 4, #KEYS do
 end
 local r = tonumber(ARGV[a]); a = a + 1
 for i = 1, r do redis.call('XDEL', KEYS[3], ARGV[a]); a = a + 1 end
+local h = tonumber(ARGV[a]); a = a + 1
+if h > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local members = {}
+  for i = 1, h do members[2 * i - 1] = now; members[2 * i] = ARGV[a]; a = a + 1 end
+  redis.call('ZADD', KEYS[4], unpack(members))
+end
 return 1
 ";
 
-/// The [`ACK`] script, hashed once: every settlement runs it twice.
+/// The [`ACK`] script, hashed once: every settlement runs it.
 static ACK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACK));
+
+/// A failed-attempt history as stored in the failures hash (none when the field is absent).
+pub(crate) fn attempts(json: Option<String>) -> Result<Vec<Attempt>> {
+    match json {
+        None => Ok(Vec::new()),
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| Error::internal("a failed-attempt history is unreadable", e.to_string())),
+    }
+}
 
 impl RedisStreams {
     /// Fails with `Conflict` unless this process still holds the lease with its epoch.
     pub async fn check_lease(&self, lease: &Lease) -> Result<()> {
-        self.ack(lease, &[], &[]).await
+        self.ack(lease, &[], &[], &[]).await
     }
 
     /// Acknowledges fetched deliveries (by seq) and settled replay entries (by requeue id),
+    /// and records `handled` event ids in the subscription's inbox of the partition,
     /// atomically and only while the lease is held with its epoch (`Conflict` otherwise).
-    pub async fn ack(&self, lease: &Lease, seqs: &[u64], requeue_ids: &[u64]) -> Result<()> {
+    pub async fn ack(
+        &self,
+        lease: &Lease,
+        seqs: &[u64],
+        requeue_ids: &[u64],
+        handled: &[&str],
+    ) -> Result<()> {
         let sub = self.subscription(&lease.subscription).await?;
         let (consumer, picked) = self.with_state(lease, |s| {
             let picked: Vec<(usize, String)> = seqs
@@ -65,6 +91,7 @@ impl RedisStreams {
         call.key(self.keys().lease(&lease.subscription, p))
             .key(self.acked_key(&lease.subscription, p))
             .key(self.keys().replay(&lease.subscription, p))
+            .key(self.keys().inbox(&lease.subscription, p))
             .arg(&consumer)
             .arg(lease.epoch)
             .arg(&lease.subscription);
@@ -82,6 +109,7 @@ impl RedisStreams {
         for id in requeue_ids {
             call.arg(format!("0-{id}"));
         }
+        call.arg(handled.len()).arg(handled);
         let mut conn = self.conn();
         match call.invoke_async::<i64>(&mut conn).await {
             Ok(_) => {}
@@ -101,6 +129,35 @@ impl RedisStreams {
         })
         .ok();
         Ok(())
+    }
+
+    /// Of these `(partition, event id)` pairs, those whose id is in `subscription`'s inbox of
+    /// that partition.
+    pub async fn handled<'a>(
+        &self,
+        subscription: &str,
+        events: &[(u32, &'a str)],
+    ) -> Result<Vec<&'a str>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (partition, id) in events {
+            pipe.cmd("ZSCORE")
+                .arg(self.keys().inbox(subscription, *partition))
+                .arg(*id);
+        }
+        let mut conn = self.conn();
+        let scores: Vec<Option<f64>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| conn::error("ZSCORE", &e))?;
+        Ok(events
+            .iter()
+            .zip(scores)
+            .filter(|(_, score)| score.is_some())
+            .map(|((_, id), _)| *id)
+            .collect())
     }
 
     pub(crate) fn acked_key(&self, subscription: &str, partition: u32) -> String {
@@ -147,10 +204,35 @@ impl RedisStreams {
             .unwrap_or_default())
     }
 
+    /// Whether this process saw failed attempts recorded for the delivery of `position`
+    /// (recorded here, or read when it was fetched): only those need [`Self::clear_failures`].
+    pub fn had_failures(&self, subscription: &str, position: u64) -> bool {
+        self.failed().contains(&(subscription.to_owned(), position))
+    }
+
+    /// Remembers deliveries with failed attempts recorded.
+    pub(crate) fn note_failed(&self, subscription: &str, positions: impl Iterator<Item = u64>) {
+        let mut failed = self.failed();
+        failed.extend(positions.map(|p| (subscription.to_owned(), p)));
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, HashSet<(String, u64)>> {
+        self.inner
+            .failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Forgets the failed attempts of settled deliveries.
     pub async fn clear_failures(&self, subscription: &str, positions: &[u64]) -> Result<()> {
         if positions.is_empty() {
             return Ok(());
+        }
+        {
+            let mut failed = self.failed();
+            for p in positions {
+                failed.remove(&(subscription.to_owned(), *p));
+            }
         }
         let mut conn = self.conn();
         redis::cmd("HDEL")
@@ -176,14 +258,7 @@ impl RedisStreams {
             .query_async(&mut conn)
             .await
             .map_err(|e| conn::error("HMGET", &e))?;
-        raw.into_iter()
-            .map(|json| match json {
-                None => Ok(Vec::new()),
-                Some(json) => serde_json::from_str(&json).map_err(|e| {
-                    Error::internal("a failed-attempt history is unreadable", e.to_string())
-                }),
-            })
-            .collect()
+        raw.into_iter().map(attempts).collect()
     }
 
     pub(crate) async fn store_failures(
@@ -195,6 +270,7 @@ impl RedisStreams {
         if positions.is_empty() {
             return Ok(());
         }
+        self.note_failed(subscription, positions.iter().copied());
         let mut cmd = redis::cmd("HSET");
         cmd.arg(self.keys().failures(subscription));
         for (p, h) in positions.iter().zip(histories) {
@@ -256,6 +332,11 @@ impl RedisStreams {
             .query_async(&mut conn)
             .await
             .map_err(|e| conn::error("XRANGE", &e))?;
+        self.replays(reply)
+    }
+
+    /// Deliveries of the replay-queue entries of an `XRANGE` reply.
+    pub(crate) fn replays(&self, reply: redis::Value) -> Result<Vec<Delivery>> {
         let received_at = Timestamp::now();
         entry::entries_of(reply)?
             .into_iter()

@@ -103,8 +103,8 @@ impl RedisStreams {
     }
 
     /// Trims every stream partition to entries recorded at or after `before`, never past the
-    /// oldest entry some group has not acknowledged (or not yet received); returns how many
-    /// entries were removed.
+    /// oldest entry some group has not acknowledged (or not yet received), and the inboxes to
+    /// ids settled at or after it; returns how many stream entries were removed.
     pub async fn trim(&self, before: Timestamp) -> Result<u64> {
         let cutoff = (u64::try_from(before.as_millisecond()).unwrap_or(0), 0u64);
         let mut keys = Vec::new();
@@ -146,7 +146,30 @@ impl RedisStreams {
                 .map_err(|e| conn::error("XTRIM", &e))?;
             removed += n;
         }
+        self.trim_inboxes(cutoff.0).await?;
         Ok(removed)
+    }
+
+    /// Forgets inbox members recorded before `cutoff_ms`, in every subscription's partitions.
+    async fn trim_inboxes(&self, cutoff_ms: u64) -> Result<()> {
+        let subscriptions = self.subscriptions().await?;
+        if subscriptions.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for spec in subscriptions {
+            for p in 0..self.partitions() {
+                pipe.cmd("ZREMRANGEBYSCORE")
+                    .arg(self.keys().inbox(&spec.name, p))
+                    .arg("-inf")
+                    .arg(format!("({cutoff_ms}"))
+                    .ignore();
+            }
+        }
+        let mut conn = self.conn();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| conn::error("ZREMRANGEBYSCORE", &e))
     }
 
     /// The groups of each existing stream key, by name.

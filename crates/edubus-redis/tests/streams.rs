@@ -111,7 +111,7 @@ async fn published_events_are_fetched_in_order_across_streams_and_acked_once() {
     );
     assert!(fetched.deliveries.iter().all(|d| d.delivery_count == 1));
     assert_eq!(fetched.deliveries[0].event.envelope, events[0].envelope);
-    redis.ack(lease, &seqs, &[]).await.unwrap();
+    redis.ack(lease, &seqs, &[], &[]).await.unwrap();
     let again = redis
         .fetch(lease, fetched.scanned_to, 0, 100)
         .await
@@ -149,7 +149,7 @@ async fn a_publish_larger_than_one_pipeline_keeps_every_key_in_order() {
                     .push(d.event.position);
             }
             let seqs: Vec<u64> = fetched.deliveries.iter().map(|d| d.seq).collect();
-            redis.ack(lease, &seqs, &[]).await.unwrap();
+            redis.ack(lease, &seqs, &[], &[]).await.unwrap();
             after = fetched.scanned_to;
         }
     }
@@ -192,7 +192,7 @@ async fn a_partition_taken_over_redelivers_pending_entries_with_their_count() {
         .unwrap();
     let lease = new.leases.into_iter().find(|l| l.partition == p).unwrap();
     assert!(lease.epoch > old.epoch);
-    let stale = redis.ack(&old, &[1], &[]).await.unwrap_err();
+    let stale = redis.ack(&old, &[1], &[], &[]).await.unwrap_err();
     assert!(
         matches!(stale, edubus_core::Error::Conflict { .. }),
         "{stale}"
@@ -275,7 +275,7 @@ async fn a_lost_consumer_group_is_recreated_from_the_last_acknowledged_entry() {
     let first = redis.fetch(&lease, 0, 0, 10).await.unwrap();
     assert_eq!(first.deliveries.len(), 1);
     let seqs: Vec<u64> = first.deliveries.iter().map(|d| d.seq).collect();
-    redis.ack(&lease, &seqs, &[]).await.unwrap();
+    redis.ack(&lease, &seqs, &[], &[]).await.unwrap();
 
     let client = redis::Client::open(redis.config().url.as_str()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
@@ -397,5 +397,84 @@ async fn dead_letters_parked_at_once_in_one_subscription_all_land() {
     assert_eq!(
         listed_ids, ids,
         "each letter is listed under the id it was given"
+    );
+}
+
+#[tokio::test]
+async fn an_event_acknowledged_as_handled_is_fetched_as_handled_when_published_again() {
+    let redis = transport("inbox").await;
+    redis.register(&spec("s")).await.unwrap();
+    let key = "student-7";
+    let (handled, dead) = (
+        event(1, "attendance.marked", key),
+        event(2, "attendance.marked", key),
+    );
+    redis
+        .publish(&[handled.clone(), dead.clone()])
+        .await
+        .unwrap();
+    let leases = lease_all(&redis).await;
+    let partition = partition_of(key, PARTITIONS);
+    let lease = leases.iter().find(|l| l.partition == partition).unwrap();
+    let first = redis.fetch(lease, 0, 0, 100).await.unwrap();
+    assert!(first.deliveries.iter().all(|d| !d.handled));
+    let seqs: Vec<u64> = first.deliveries.iter().map(|d| d.seq).collect();
+    // Only the first is recorded as handled (the second stands for a dead letter).
+    let id = handled.envelope.id.as_str();
+    redis.ack(lease, &seqs, &[], &[id]).await.unwrap();
+    assert_eq!(
+        redis
+            .handled(
+                "s",
+                &[(partition, id), (partition, dead.envelope.id.as_str())]
+            )
+            .await
+            .unwrap(),
+        [id]
+    );
+
+    // A relay that crashed after publishing publishes both again, as new entries.
+    redis
+        .publish(&[handled.clone(), dead.clone()])
+        .await
+        .unwrap();
+    let again = redis.fetch(lease, first.scanned_to, 0, 100).await.unwrap();
+    let seen: Vec<(u64, bool)> = again
+        .deliveries
+        .iter()
+        .map(|d| (d.event.position, d.handled))
+        .collect();
+    assert_eq!(seen, [(1, true), (2, false)]);
+}
+
+#[tokio::test]
+async fn trim_forgets_inbox_members_settled_before_the_cutoff_only() {
+    let redis = transport("inbox_trim").await;
+    redis.register(&spec("s")).await.unwrap();
+    let key = "student-8";
+    let handled = event(1, "attendance.marked", key);
+    redis.publish(std::slice::from_ref(&handled)).await.unwrap();
+    let leases = lease_all(&redis).await;
+    let partition = partition_of(key, PARTITIONS);
+    let lease = leases.iter().find(|l| l.partition == partition).unwrap();
+    let fetched = redis.fetch(lease, 0, 0, 100).await.unwrap();
+    let seqs: Vec<u64> = fetched.deliveries.iter().map(|d| d.seq).collect();
+    let id = handled.envelope.id.as_str();
+    redis.ack(lease, &seqs, &[], &[id]).await.unwrap();
+    let an_hour = jiff::SignedDuration::from_hours(1);
+    redis.trim(Timestamp::now() - an_hour).await.unwrap();
+    assert_eq!(
+        redis.handled("s", &[(partition, id)]).await.unwrap(),
+        [id],
+        "settled after the cutoff: kept"
+    );
+    redis.trim(Timestamp::now() + an_hour).await.unwrap();
+    assert!(
+        redis
+            .handled("s", &[(partition, id)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "settled before the cutoff: forgotten"
     );
 }
