@@ -8,9 +8,12 @@ use std::time::Duration;
 use edubus_core::{
     Delivery, Error, EventStore, Fetched, Lease, Outcome, Result, Settlement, Transport,
 };
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::delivery::{Done, Finished, Start, deliver};
 use crate::worker::SubState;
@@ -105,7 +108,9 @@ struct Part<B: Transport> {
     /// Ordered mode: deliveries waiting behind the running one of their key.
     queues: HashMap<Arc<str>, VecDeque<Delivery>>,
     requeued: HashSet<u64>,
-    running: JoinSet<Done<B::Work>>,
+    /// Deliveries in progress, polled by this task: a no-op handler finishes without a task of
+    /// its own, and the deliveries finished by one wake-up settle together.
+    running: FuturesUnordered<BoxFuture<'static, Done<B::Work>>>,
     to_settle: SettleBatch<B::Work>,
     fetching: Option<JoinHandle<FetchResult>>,
     settling: Option<JoinHandle<SettleResult>>,
@@ -123,7 +128,7 @@ impl<B: EventStore + Transport> Part<B> {
             undone: BTreeSet::new(),
             queues: HashMap::new(),
             requeued: HashSet::new(),
-            running: JoinSet::new(),
+            running: FuturesUnordered::new(),
             to_settle: Vec::new(),
             fetching: None,
             settling: None,
@@ -147,14 +152,19 @@ impl<B: EventStore + Transport> Part<B> {
                 break;
             }
             tokio::select! {
-                Some(done) = self.running.join_next(), if !self.running.is_empty() => self.on_done(done),
+                Some(done) = self.running.next(), if !self.running.is_empty() => {
+                    self.on_done(done);
+                    while let Some(Some(done)) = self.running.next().now_or_never() {
+                        self.on_done(done);
+                    }
+                }
                 res = wait_opt(&mut self.settling) => {
                     if !self.on_settled(res) { mode = Mode::Lost; }
                 }
                 res = wait_opt(&mut self.fetching), if mode == Mode::Run => {
                     if !self.on_fetched(res) { mode = Mode::Lost; }
                 }
-                () = sleep_until_opt(deadline) => self.running.abort_all(),
+                () = sleep_until_opt(deadline) => self.running.clear(),
                 changed = mode_rx.changed() => {
                     let next = if changed.is_ok() { *mode_rx.borrow() } else { Mode::Drain };
                     if next == Mode::Drain && mode == Mode::Run {
@@ -165,7 +175,7 @@ impl<B: EventStore + Transport> Part<B> {
                 }
             }
             if mode == Mode::Lost {
-                self.running.abort_all();
+                self.running.clear();
                 return None;
             }
             if mode == Mode::Drain
@@ -275,11 +285,10 @@ impl<B: EventStore + Transport> Part<B> {
             self.next_token,
             start,
         );
-        self.running.spawn(fut);
+        self.running.push(Box::pin(fut));
     }
 
-    fn on_done(&mut self, done: std::result::Result<Done<B::Work>, tokio::task::JoinError>) {
-        let Ok(done) = done else { return };
+    fn on_done(&mut self, done: Done<B::Work>) {
         let outcome = match done.finished {
             Finished::Handled { work, caused } => Outcome::Handled { work, caused },
             Finished::Duplicate => Outcome::Duplicate,
