@@ -12,10 +12,11 @@ use crate::{RedisStreams, conn};
 
 /// Checks that the lease is still held with its epoch, then acknowledges entries per stream,
 /// remembers the highest id acknowledged per stream, deletes settled replay entries and
-/// records handled event ids in the inbox, scored by the server's time in milliseconds.
+/// records handled event ids in the inbox, scored by the settling process's clock (ms).
 /// KEYS: lease, acked hash, replay stream, inbox, stream keys...; ARGV: owner, epoch, group,
 /// then per stream key: count, ids..., highest id (when count > 0); then replay count, replay
-/// ids...; then inbox count, event ids...
+/// ids...; then inbox count, (score, event id) pairs... Lists are passed to commands with
+/// `unpack` ranges of ARGV: building Lua tables of them cost Redis more than the commands.
 const ACK: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return redis.error_reply('STALE the lease expired') end
@@ -27,9 +28,8 @@ local a = 4
 for k = 5, #KEYS do
   local n = tonumber(ARGV[a]); a = a + 1
   if n > 0 then
-    local ids = {}
-    for i = 1, n do ids[i] = ARGV[a]; a = a + 1 end
-    redis.call('XACK', KEYS[k], ARGV[3], unpack(ids))
+    redis.call('XACK', KEYS[k], ARGV[3], unpack(ARGV, a, a + n - 1))
+    a = a + n
     redis.call('HSET', KEYS[2], KEYS[k], ARGV[a]); a = a + 1
   end
 end
@@ -37,11 +37,7 @@ local r = tonumber(ARGV[a]); a = a + 1
 for i = 1, r do redis.call('XDEL', KEYS[3], ARGV[a]); a = a + 1 end
 local h = tonumber(ARGV[a]); a = a + 1
 if h > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local members = {}
-  for i = 1, h do members[2 * i - 1] = now; members[2 * i] = ARGV[a]; a = a + 1 end
-  redis.call('ZADD', KEYS[4], unpack(members))
+  redis.call('ZADD', KEYS[4], unpack(ARGV, a, a + 2 * h - 1))
 end
 return 1
 ";
@@ -109,7 +105,13 @@ impl RedisStreams {
         for id in requeue_ids {
             call.arg(format!("0-{id}"));
         }
-        call.arg(handled.len()).arg(handled);
+        call.arg(handled.len());
+        if !handled.is_empty() {
+            let now = Timestamp::now().as_millisecond();
+            for id in handled {
+                call.arg(now).arg(*id);
+            }
+        }
         let mut conn = self.conn();
         match call.invoke_async::<i64>(&mut conn).await {
             Ok(_) => {}
