@@ -316,6 +316,7 @@ async fn publish_mode<B: Backend>(
         .flat_map(|&(latency, size)| std::iter::repeat_n(latency, size))
         .collect();
     let seconds = published.elapsed.as_secs_f64();
+    drop(published.spent);
     let summary = summary(args, "publish", "publish call", payload_bytes, seconds);
     Ok(Summary {
         publish_seconds: seconds,

@@ -120,14 +120,17 @@ impl Target {
         Self::Redis(redis, Arc::new(AtomicU64::new(1)))
     }
 
+    /// Publishes `batch`; returns the events sent to Redis, for the caller to drop after
+    /// the clock stops (freeing what the workload built before it started is not publishing).
     async fn send<B: EventStore + Transport>(
         &self,
         bus: &Bus<B>,
         batch: Vec<Envelope>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<Recorded>> {
         match self {
             Self::Store => {
                 bus.publish_batch(batch).await?;
+                Ok(Vec::new())
             }
             Self::Redis(redis, next) => {
                 let first = next.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -149,9 +152,9 @@ impl Target {
                     })
                     .collect::<edubus_core::Result<Vec<_>>>()?;
                 redis.publish(&events).await?;
+                Ok(events)
             }
         }
-        Ok(())
     }
 }
 
@@ -162,6 +165,8 @@ pub struct Published {
     pub batches: Vec<(u64, usize)>,
     /// Wall time from the first batch's start to the last one's return.
     pub elapsed: Duration,
+    /// The events published straight to Redis: freed by the caller once its clock stopped.
+    pub spent: Vec<Vec<Recorded>>,
 }
 
 /// Publishes the batches to `target` with `publishers` concurrent tasks (batch `i` to task
@@ -196,13 +201,16 @@ pub async fn publish<B: EventStore + Transport>(
             bar.clone(),
         ));
     }
-    let mut out = Vec::new();
+    let (mut out, mut spent) = (Vec::new(), Vec::new());
     while let Some(res) = tasks.join_next().await {
-        out.extend(res??);
+        let (batches, events) = res??;
+        out.extend(batches);
+        spent.extend(events);
     }
     Ok(Published {
         batches: out,
         elapsed: clock.start.elapsed(),
+        spent,
     })
 }
 
@@ -212,20 +220,21 @@ async fn publish_lane<B: EventStore + Transport>(
     lane: Vec<(u64, Vec<Envelope>)>,
     clock: Arc<Clock>,
     bar: ProgressBar,
-) -> anyhow::Result<Vec<(u64, usize)>> {
+) -> anyhow::Result<(Vec<(u64, usize)>, Vec<Vec<Recorded>>)> {
     let mut out = Vec::with_capacity(lane.len());
+    let mut spent = Vec::with_capacity(lane.len());
     for (events_before, mut batch) in lane {
         let (due, time) = clock.due(events_before).await;
         for env in &mut batch {
             env.time = Some(time);
         }
         let size = batch.len();
-        target.send(&bus, batch).await?;
+        spent.push(target.send(&bus, batch).await?);
         let latency = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
         out.push((latency, size));
         bar.inc(size as u64);
     }
-    Ok(out)
+    Ok((out, spent))
 }
 
 /// The publishing schedule: when each batch is due, on the monotonic and the wall clock.
