@@ -125,3 +125,62 @@ async fn lag_counts_unrelayed_events_and_queued_replays() {
         "3 unrelayed + 3 queued replays: {stats:?}"
     );
 }
+
+/// A plain settlement (no work, no caused events) is recorded in the Redis inbox only: the
+/// same event published again is fetched as handled, `states` reports it handled, and
+/// PostgreSQL's inbox never heard of it.
+#[tokio::test]
+async fn a_relayed_event_published_again_after_a_plain_settlement_is_seen_as_handled() {
+    let prod = open("republished", false).await;
+    prod.register(&SubscriptionSpec {
+        name: "s".into(),
+        types: vec!["attendance.marked".into()],
+        ordered: true,
+        start: StartFrom::Beginning,
+    })
+    .await
+    .unwrap();
+    prod.append(vec![append("k", 1)]).await.unwrap();
+    let events = prod.read(edubus_core::ReadQuery::default()).await.unwrap();
+    // What a relay that crashed before moving its cursor does: publish the same event twice.
+    prod.redis().publish(&events).await.unwrap();
+    let options = LeaseOptions {
+        ttl: Duration::from_secs(5),
+        claim_after: Duration::from_secs(600),
+    };
+    let leases = prod
+        .rebalance("s", &ConsumerId("c".into()), options, &[])
+        .await
+        .unwrap();
+    let p = edubus_core::partition_of("k", 4);
+    let lease = leases.iter().find(|l| l.partition == p).unwrap();
+    let first = prod.fetch(lease, 0, 0, 10).await.unwrap();
+    assert_eq!(first.deliveries.len(), 1);
+    let d = &first.deliveries[0];
+    assert!(!d.handled);
+    let settlement = edubus_core::Settlement {
+        position: d.event.position,
+        seq: d.seq,
+        event_id: d.event.envelope.id.clone(),
+        requeue_id: None,
+        outcome: edubus_core::Outcome::Handled {
+            work: None,
+            caused: Vec::new(),
+        },
+    };
+    let results = prod.settle(lease, vec![settlement], d.seq).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    prod.redis().publish(&events).await.unwrap();
+    let again = prod.fetch(lease, first.scanned_to, 0, 10).await.unwrap();
+    let handled: Vec<bool> = again.deliveries.iter().map(|d| d.handled).collect();
+    assert_eq!(handled, [true], "the second copy is skipped");
+    let states = prod.states(&events).await.unwrap();
+    assert_eq!(
+        states[0],
+        [("s".to_owned(), edubus_core::DeliveryState::Handled)]
+    );
+    let id = d.event.envelope.id.clone();
+    let in_postgres = prod.store().seen("s", &[id]).await.unwrap();
+    assert!(in_postgres.is_empty());
+}
