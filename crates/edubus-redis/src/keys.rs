@@ -44,10 +44,6 @@ impl Keys {
         format!("{}:{{p{partition}}}:inbox:{subscription}", self.prefix)
     }
 
-    pub(crate) fn replay_seq(&self) -> String {
-        format!("{}:replay:seq", self.prefix)
-    }
-
     pub(crate) fn subscriptions(&self) -> String {
         format!("{}:subs", self.prefix)
     }

@@ -287,34 +287,28 @@ impl RedisStreams {
     }
 
     /// Queues events for redelivery to `subscription` only, marked `replay`; returns how
-    /// many were queued.
+    /// many were queued. Each queue entry takes the next id of its partition's queue (`0-*`):
+    /// ids taken from one shared counter reached a queue out of order when two replays ran at
+    /// once, and Redis refused the lower one.
     pub async fn requeue(&self, subscription: &str, events: &[Recorded]) -> Result<u64> {
         if events.is_empty() {
             return Ok(0);
         }
         self.subscription(subscription).await?;
-        let n = u64::try_from(events.len()).unwrap_or(u64::MAX);
-        let mut conn = self.conn();
-        let last: u64 = redis::cmd("INCRBY")
-            .arg(self.keys().replay_seq())
-            .arg(n)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| conn::error("INCRBY", &e))?;
         let mut pipe = redis::pipe();
-        for (i, event) in events.iter().enumerate() {
-            let id = last - n + 1 + u64::try_from(i).unwrap_or(0);
+        for event in events {
             let partition = edubus_core::partition_of(&event.key, self.partitions());
             pipe.cmd("XADD")
                 .arg(self.keys().replay(subscription, partition))
-                .arg(format!("0-{id}"))
+                .arg("0-*")
                 .arg(entry::Fields::new(event))
                 .ignore();
         }
+        let mut conn = self.conn();
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(|e| conn::error("XADD", &e))?;
-        Ok(n)
+        Ok(u64::try_from(events.len()).unwrap_or(u64::MAX))
     }
 
     /// Replay-queue entries of the lease's partition with an id above `after`.

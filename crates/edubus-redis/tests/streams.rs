@@ -478,3 +478,49 @@ async fn trim_forgets_inbox_members_settled_before_the_cutoff_only() {
         "settled before the cutoff: forgotten"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replays_queued_at_once_into_one_subscription_all_land_in_order() {
+    let redis = transport("requeue_at_once").await;
+    redis.register(&spec("s")).await.unwrap();
+    let key = "student-9";
+    let mut calls = Vec::new();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(16));
+    for call in 0..16u64 {
+        let redis = transport_like(&redis).await;
+        let events: Vec<Recorded> = (1..=25)
+            .map(|i| event(call * 100 + i, "attendance.marked", key))
+            .collect();
+        let start = std::sync::Arc::clone(&start);
+        calls.push(tokio::spawn(async move {
+            start.wait().await;
+            redis.requeue("s", &events).await
+        }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().expect("every replay is queued"), 25);
+    }
+    let leases = lease_all(&redis).await;
+    let lease = leases
+        .iter()
+        .find(|l| l.partition == partition_of(key, PARTITIONS))
+        .unwrap();
+    let mut queued = Vec::new();
+    let mut after = 0;
+    loop {
+        let fetched = redis.fetch(lease, 0, after, 1000).await.unwrap();
+        let replays: Vec<_> = fetched
+            .deliveries
+            .into_iter()
+            .filter(|d| d.replay)
+            .collect();
+        let Some(last) = replays.last() else { break };
+        after = last.requeue_id.unwrap();
+        queued.extend(replays.iter().map(|d| d.event.position));
+    }
+    assert_eq!(queued.len(), 400, "{queued:?}");
+    for call in 0..16u64 {
+        let own: Vec<u64> = queued.iter().copied().filter(|p| p / 100 == call).collect();
+        assert_eq!(own, (call * 100 + 1..=call * 100 + 25).collect::<Vec<_>>());
+    }
+}
