@@ -343,6 +343,7 @@ pub async fn approve<B: FlowBackend>(bus: &Bus<B>, request: Approve) -> Result<A
         notes: request.notes,
     };
     let mut envelope = bus.envelope(&event)?;
+    envelope.id = approval_id(&application).to_string();
     envelope = match EventStore::get(bus.backend(), &application.submitted_event_id).await? {
         Some(submitted) => envelope.caused_by(&submitted.envelope),
         // The document names the cause even if its event cannot be read back.
@@ -355,11 +356,21 @@ pub async fn approve<B: FlowBackend>(bus: &Bus<B>, request: Approve) -> Result<A
     }
     let correlation_id = envelope.correlation_id().to_owned();
     let causation_id = envelope.causationid.clone().unwrap_or_default();
+    let approval = envelope.id.clone();
     let Appended {
         id: event_id,
         position,
         ..
-    } = bus.publish_envelope(envelope).await?;
+    } = match bus.publish_envelope(envelope).await {
+        Err(Error::Conflict { .. }) => {
+            return Err(Error::conflict(format!(
+                "application {id} was approved at the same time by event {approval} \
+                 (trace correlation {}); nothing published",
+                application.correlation_id
+            )));
+        }
+        other => other?,
+    };
     Ok(Approved {
         id: event_id,
         position,
@@ -367,6 +378,16 @@ pub async fn approve<B: FlowBackend>(bus: &Bus<B>, request: Approve) -> Result<A
         correlation_id,
         causation_id,
     })
+}
+
+/// The id of the one `enrollment.approved` an application's submission can have: derived
+/// from both, so the store refuses a second approval that passed the checks at the same time.
+fn approval_id(application: &Application) -> Uuid {
+    let name = format!(
+        "enrollment.approved/{}/{}",
+        application.application_id, application.submitted_event_id
+    );
+    Uuid::new_v5(&crate::NAMESPACE, name.as_bytes())
 }
 
 /// An `enrollment.approved` of `application` already in the log, if any.

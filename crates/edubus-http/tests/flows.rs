@@ -332,3 +332,33 @@ async fn read_models_need_read_scopes_and_hide_pii_without_pii_read() {
     assert!(Uuid::parse_str(hidden["student"]["homeroom_id"].as_str().unwrap()).is_ok());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_sent_at_once_publish_one_approved_event() {
+    let server = Server::open().await;
+    let _flows = Flows::start(&server).await;
+    submit(&server).await;
+    let path = format!("/v1/flows/applications/{APPLICATION}");
+    wait(&server, None, &path, |_| true).await;
+    let server = std::sync::Arc::new(server);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let server = std::sync::Arc::clone(&server);
+            tokio::spawn(async move {
+                approve(&server, None, APPLICATION, None)
+                    .await
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [202, 409, 409, 409, 409, 409, 409, 409]);
+    assert_eq!(approvals(&server).await, 1, "one approval in the log");
+    let server = std::sync::Arc::into_inner(server).expect("every call is done");
+    server.stop().await;
+}
