@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use edubus_core::{
-    Append, ConsumerId, Envelope, EventStore, LeaseOptions, StartFrom, SubscriptionSpec, Transport,
+    Append, ConsumerId, Envelope, EventStore, Lease, LeaseOptions, StartFrom, SubscriptionSpec,
+    Transport,
 };
 use edubus_postgres::{PgConfig, RelayOptions};
 use edubus_redis::{Production, RedisConfig};
@@ -46,9 +47,9 @@ fn append(key: &str, n: u64) -> Append {
     }
 }
 
-#[tokio::test]
-async fn appended_events_reach_a_subscription_through_the_relay() {
-    let prod = production("relay_to_fetch").await;
+/// Registers the ordered subscription `s` of `attendance.marked`; returns the lease a lone
+/// consumer `c` then holds on the partition of `key`.
+async fn lease_for(prod: &Production, key: &str) -> Lease {
     prod.register(&SubscriptionSpec {
         name: "s".into(),
         types: vec!["attendance.marked".into()],
@@ -57,10 +58,6 @@ async fn appended_events_reach_a_subscription_through_the_relay() {
     })
     .await
     .unwrap();
-    let appended = prod
-        .append((1..=5).map(|n| append("k", n)).collect())
-        .await
-        .unwrap();
     let options = LeaseOptions {
         ttl: Duration::from_secs(5),
         claim_after: Duration::from_secs(600),
@@ -69,8 +66,18 @@ async fn appended_events_reach_a_subscription_through_the_relay() {
         .rebalance("s", &ConsumerId("c".into()), options, &[])
         .await
         .unwrap();
-    let p = edubus_core::partition_of("k", 4);
-    let lease = leases.iter().find(|l| l.partition == p).unwrap();
+    let p = edubus_core::partition_of(key, 4);
+    leases.into_iter().find(|l| l.partition == p).unwrap()
+}
+
+#[tokio::test]
+async fn appended_events_reach_a_subscription_through_the_relay() {
+    let prod = production("relay_to_fetch").await;
+    let lease = &lease_for(&prod, "k").await;
+    let appended = prod
+        .append((1..=5).map(|n| append("k", n)).collect())
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while got.len() < 5 && tokio::time::Instant::now() < deadline {
@@ -132,28 +139,11 @@ async fn lag_counts_unrelayed_events_and_queued_replays() {
 #[tokio::test]
 async fn a_relayed_event_published_again_after_a_plain_settlement_is_seen_as_handled() {
     let prod = open("republished", false).await;
-    prod.register(&SubscriptionSpec {
-        name: "s".into(),
-        types: vec!["attendance.marked".into()],
-        ordered: true,
-        start: StartFrom::Beginning,
-    })
-    .await
-    .unwrap();
+    let lease = &lease_for(&prod, "k").await;
     prod.append(vec![append("k", 1)]).await.unwrap();
     let events = prod.read(edubus_core::ReadQuery::default()).await.unwrap();
     // What a relay that crashed before moving its cursor does: publish the same event twice.
     prod.redis().publish(&events).await.unwrap();
-    let options = LeaseOptions {
-        ttl: Duration::from_secs(5),
-        claim_after: Duration::from_secs(600),
-    };
-    let leases = prod
-        .rebalance("s", &ConsumerId("c".into()), options, &[])
-        .await
-        .unwrap();
-    let p = edubus_core::partition_of("k", 4);
-    let lease = leases.iter().find(|l| l.partition == p).unwrap();
     let first = prod.fetch(lease, 0, 0, 10).await.unwrap();
     assert_eq!(first.deliveries.len(), 1);
     let d = &first.deliveries[0];
