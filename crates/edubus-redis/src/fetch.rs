@@ -504,8 +504,9 @@ impl RedisStreams {
             .map_err(|e| conn::error("HMGET/ZMSCORE", &e))?;
         let failed = failures
             .into_iter()
-            .map(|json| Ok(crate::settle::attempts(json)?.len()))
-            .map(|n: Result<usize>| n.map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
+            .map(|json| {
+                crate::settle::attempts(json).map(|a| u32::try_from(a.len()).unwrap_or(u32::MAX))
+            })
             .collect::<Result<Vec<u32>>>()?;
         if failed.iter().any(|n| *n > 0) {
             let positions = out.iter().zip(&failed).filter(|(_, n)| **n > 0);

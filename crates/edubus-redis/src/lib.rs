@@ -121,9 +121,9 @@ struct Inner {
     leases: Mutex<HashMap<(String, u32), LeaseState>>,
     /// Pending entries found trimmed when claimed: `(stream key, entry id)`.
     lost: Mutex<Vec<(String, String)>>,
-    /// `(subscription, position)` of deliveries with failed attempts recorded, as far as this
+    /// Per subscription, positions of deliveries with failed attempts recorded, as far as this
     /// process saw: a settlement clears those histories and needs no command for the others.
-    failed: Mutex<HashSet<(String, u64)>>,
+    failed: Mutex<HashMap<String, HashSet<u64>>>,
     /// Registered subscriptions seen by this process, with their streams.
     subscriptions: RwLock<HashMap<String, Arc<Subscription>>>,
 }

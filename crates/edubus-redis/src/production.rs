@@ -286,21 +286,25 @@ impl Transport for Production {
                 });
             }
         }
-        let (mut seqs, mut requeued, mut handled, mut positions) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut seqs, mut requeued, mut handled) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fetched, mut positions) = (Vec::new(), Vec::new());
         for ((seq, requeue_id, position, inbox), r) in keys.iter().zip(&results) {
             if r.is_err() {
                 continue;
             }
             match requeue_id {
-                Some(id) => requeued.push(*id),
-                None => seqs.push(*seq),
+                Some(id) => {
+                    requeued.push(*id);
+                    positions.push(*position);
+                }
+                None => {
+                    seqs.push(*seq);
+                    fetched.push(*position);
+                }
             }
             handled.extend(inbox.as_deref());
-            if requeue_id.is_some() || self.redis().had_failures(sub, *position) {
-                positions.push(*position);
-            }
         }
+        positions.extend(self.redis().known_failed(sub, &fetched));
         self.redis().ack(lease, &seqs, &requeued, &handled).await?;
         self.redis().clear_failures(sub, &positions).await?;
         Ok(results)

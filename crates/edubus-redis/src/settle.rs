@@ -106,11 +106,9 @@ impl RedisStreams {
             call.arg(format!("0-{id}"));
         }
         call.arg(handled.len());
-        if !handled.is_empty() {
-            let now = Timestamp::now().as_millisecond();
-            for id in handled {
-                call.arg(now).arg(*id);
-            }
+        let now = Timestamp::now().as_millisecond();
+        for id in handled {
+            call.arg(now).arg(*id);
         }
         let mut conn = self.conn();
         match call.invoke_async::<i64>(&mut conn).await {
@@ -206,19 +204,31 @@ impl RedisStreams {
             .unwrap_or_default())
     }
 
-    /// Whether this process saw failed attempts recorded for the delivery of `position`
-    /// (recorded here, or read when it was fetched): only those need [`Self::clear_failures`].
-    pub fn had_failures(&self, subscription: &str, position: u64) -> bool {
-        self.failed().contains(&(subscription.to_owned(), position))
+    /// Of `positions`, those whose deliveries this process saw failed attempts recorded for
+    /// (recorded here, or read when fetched): only those need [`Self::clear_failures`].
+    pub fn known_failed(&self, subscription: &str, positions: &[u64]) -> Vec<u64> {
+        let failed = self.failed();
+        let Some(known) = failed.get(subscription) else {
+            return Vec::new();
+        };
+        positions
+            .iter()
+            .copied()
+            .filter(|p| known.contains(p))
+            .collect()
     }
 
     /// Remembers deliveries with failed attempts recorded.
     pub(crate) fn note_failed(&self, subscription: &str, positions: impl Iterator<Item = u64>) {
         let mut failed = self.failed();
-        failed.extend(positions.map(|p| (subscription.to_owned(), p)));
+        let known = match failed.get_mut(subscription) {
+            Some(known) => known,
+            None => failed.entry(subscription.to_owned()).or_default(),
+        };
+        known.extend(positions);
     }
 
-    fn failed(&self) -> std::sync::MutexGuard<'_, HashSet<(String, u64)>> {
+    fn failed(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<u64>>> {
         self.inner
             .failed
             .lock()
@@ -230,10 +240,9 @@ impl RedisStreams {
         if positions.is_empty() {
             return Ok(());
         }
-        {
-            let mut failed = self.failed();
+        if let Some(known) = self.failed().get_mut(subscription) {
             for p in positions {
-                failed.remove(&(subscription.to_owned(), *p));
+                known.remove(p);
             }
         }
         let mut conn = self.conn();
